@@ -1,0 +1,1 @@
+"""sgl: structured LLM programs on a pure-PyTorch serving runtime."""
