@@ -1,0 +1,223 @@
+"""Engine: the in-process API (``sgl.Engine``), SGLang's offline engine.
+
+Tokenizes and validates requests in the caller's thread, hands them to the
+Scheduler thread, and returns ``{"text", "meta_info"}`` results (blocking,
+streaming, or asyncio). Many concurrent callers share one scheduler loop and
+their requests batch together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
+
+import torch
+
+from sgl.config import EngineConfig, compose_config, kwargs_to_overrides
+from sgl.engine.io import OutputSink
+from sgl.engine.req import Req
+from sgl.engine.request_builder import RequestBuilder
+
+logger = logging.getLogger("sgl")
+
+Prompt = Union[str, List[str], None]
+
+
+class Engine:
+    """In-process serving engine.
+
+    Args:
+        config: a composed EngineConfig (as ``python -m sgl.launch`` builds it);
+            None composes the default config (the bundled SmolLM2-135M-Instruct).
+        **kwargs: config overrides, e.g. ``cache="none"``, ``max_total_tokens=4096``,
+            ``model_path="/path/to/hf_dir"``, ``"scheduler.policy"="fcfs"``.
+
+    Raises:
+        ValueError: unknown option or invalid config value; a missing/corrupt model path.
+    """
+
+    def __init__(self, config: Optional[EngineConfig] = None, **kwargs):
+        from sgl.engine.cache import make_cache_manager
+        from sgl.engine.model_runner import ModelRunner, profile_max_total_tokens
+        from sgl.engine.sampling.sampler import Sampler
+        from sgl.engine.scheduler import Scheduler
+        from sgl.kernels.attention import make_attention_backend
+        from sgl.models.loader import load_model
+
+        if config is not None and kwargs:
+            raise ValueError("pass either a composed config or keyword overrides, not both")
+        if config is None:
+            config = compose_config(kwargs_to_overrides(kwargs))
+        self.config: EngineConfig = config
+        mc, sc = config.model, config.scheduler
+        dtype = getattr(torch, mc.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"model.dtype {mc.dtype!r} is not a torch dtype")
+        if config.sampler.seed is not None:
+            torch.manual_seed(config.sampler.seed)
+        self.attn_backend = make_attention_backend(config.attention.backend)
+        loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend)
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.hf_config = loaded.hf_config
+        self.model_path = loaded.model_path
+        self.vocab_size = loaded.vocab_size
+        self.context_len = int(mc.context_length or loaded.context_len)
+        self.eos_token_ids = tuple(loaded.eos_token_ids)
+        max_total = sc.max_total_tokens or profile_max_total_tokens(
+            self.hf_config, dtype, sc.mem_fraction_static, sc.max_running_requests * self.context_len)
+        self.runner = ModelRunner(loaded.model, self.hf_config, max_total, sc.max_running_requests,
+                                  self.context_len, dtype, mc.device)
+        self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool)
+        self.builder = RequestBuilder(self)
+        self.scheduler = Scheduler(sc, self.runner, self.cache, Sampler(), self.tokenizer, self.eos_token_ids,
+                                   self.builder.new_detokenizer, config.grammar.jump_forward)
+        self._thread = threading.Thread(target=self.scheduler.run_forever, name="sgl-scheduler", daemon=True)
+        self._thread.start()
+        logger.info("Engine ready: %s, context %d tokens, KV pool %d tokens, cache=%s, policy=%s, attention=%s",
+                    self.model_path, self.context_len, max_total, config.cache.name, sc.policy,
+                    config.attention.backend)
+
+    # ------------------------------------------------------------ generate
+    def generate(self, prompt: Prompt = None, sampling_params: Union[Dict, List[Dict], None] = None,
+                 input_ids: Union[List[int], List[List[int]], None] = None, return_logprob=False,
+                 logprob_start_len=None, top_logprobs_num=None, return_text_in_logprobs: bool = False,
+                 stream: bool = False, rid=None, image_data=None
+                 ) -> Union[Dict[str, Any], List[Dict[str, Any]], Iterator[Dict[str, Any]]]:
+        """Generate for one prompt (-> dict) or a list (-> list of dicts); see /generate in DESIGN.md.
+
+        ``stream=True`` (single prompt, n=1) returns an iterator of cumulative results.
+
+        Raises:
+            ValueError: bad input (empty or over-long prompt, unknown or invalid sampling params,
+                invalid regex/schema, ...), before anything is queued.
+        """
+        reqs, single = self.builder.build(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                                          top_logprobs_num, return_text_in_logprobs, stream, rid, image_data)
+        if stream:
+            return self._stream(reqs[0])
+        sinks = [self._submit(r) for r in reqs]
+        outs = [self._wait_final(s) for s in sinks]
+        return outs[0] if single else outs
+
+    def _submit(self, r: Req, loop=None) -> OutputSink:
+        r.sink = OutputSink(loop)
+        self.scheduler.add_request(r)
+        return r.sink
+
+    @staticmethod
+    def _wait_final(sink: OutputSink) -> Dict[str, Any]:
+        while True:
+            out, final = sink.get()
+            if final:
+                return out
+
+    def _stream(self, r: Req) -> Iterator[Dict[str, Any]]:
+        sink = self._submit(r)
+
+        def it():
+            try:
+                while True:
+                    out, final = sink.get()
+                    yield out
+                    if final:
+                        return
+            finally:
+                if not sink.finished:
+                    self.abort_request(r.rid)
+        return it()
+
+    async def async_generate(self, prompt: Prompt = None, sampling_params=None, input_ids=None,
+                             return_logprob=False, logprob_start_len=None, top_logprobs_num=None,
+                             return_text_in_logprobs: bool = False, stream: bool = False, rid=None,
+                             image_data=None):
+        """asyncio variant of :meth:`generate`; with ``stream=True`` returns an async iterator."""
+        reqs, single = self.builder.build(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                                          top_logprobs_num, return_text_in_logprobs, stream, rid, image_data)
+        loop = asyncio.get_running_loop()
+        if stream:
+            return self._astream(reqs[0], self._submit(reqs[0], loop))
+        sinks = [self._submit(r, loop) for r in reqs]
+        try:
+            outs = [await self._await_final(s) for s in sinks]
+        except asyncio.CancelledError:
+            for r, s in zip(reqs, sinks):
+                if not s.finished:
+                    self.abort_request(r.rid)
+            raise
+        return outs[0] if single else outs
+
+    @staticmethod
+    async def _await_final(sink: OutputSink):
+        while True:
+            out, final = await sink.aget()
+            if final:
+                return out
+
+    async def _astream(self, r: Req, sink: OutputSink) -> AsyncIterator[Dict[str, Any]]:
+        try:
+            while True:
+                out, final = await sink.aget()
+                yield out
+                if final:
+                    return
+        finally:
+            if not sink.finished:
+                self.abort_request(r.rid)
+
+    # ------------------------------------------------------------ control
+    def abort_request(self, rid: str) -> None:
+        """Abort a queued or running request (its result finishes with type "abort"); unknown ids are ignored."""
+        self.scheduler.call(lambda s: s.abort(rid))
+
+    def flush_cache(self) -> bool:
+        """Drop the prefix cache. Refused (returns False) while requests are in flight."""
+        def do(s):
+            if s.num_unfinished():
+                return False
+            s.cache.reset()
+            return True
+        return self.scheduler.call(do).result()
+
+    def check_integrity(self) -> None:
+        """Run the scheduler's idle integrity check (waits for it on the scheduler thread)."""
+        self.scheduler.call(lambda s: s.check_idle_integrity()).result()
+
+    def get_model_info(self) -> Dict[str, Any]:
+        return {"model_path": self.model_path, "tokenizer_path": self.loaded.model_dir,
+                "is_generation": True, "context_length": self.context_len, "vocab_size": self.vocab_size}
+
+    def get_server_info(self) -> Dict[str, Any]:
+        """Config, version, and live scheduler/cache/pool stats (token counts)."""
+        from omegaconf import OmegaConf
+
+        import sgl
+
+        def snap(s):
+            return {
+                "stats": s.stats.to_dict(),
+                "num_running_reqs": len(s.running) + len(s.pending),
+                "num_waiting_reqs": len(s.waiting),
+                "max_total_num_tokens": s.pool.size,
+                "available_kv_tokens": s.pool.available_size(),
+                "cache_total_tokens": s.cache.total_size(),
+                "cache_evictable_tokens": s.cache.evictable_size(),
+                "cache_protected_tokens": s.cache.protected_size(),
+            }
+        info = self.scheduler.call(snap).result()
+        info["config"] = OmegaConf.to_container(OmegaConf.structured(self.config))
+        info["version"] = getattr(sgl, "__version__", "0")
+        info["model_path"] = self.model_path
+        return info
+
+    def shutdown(self) -> None:
+        self.scheduler.stop()
+        self._thread.join(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()

@@ -1,0 +1,104 @@
+"""After a model step: logprobs, sampling, grammar advance and jump-forward,
+detokenization, stop conditions and delivery of results to the request's sink."""
+
+from __future__ import annotations
+
+import time
+from typing import List, Optional, Sequence
+
+import torch
+
+from sgl.engine.req import Req
+from sgl.engine.sampling.logprobs import compute_logprobs, get_top_logprobs, to_triples
+from sgl.engine.sampling.sampler import SamplingBatchInfo
+
+
+class OutputProcessor:
+    """Turns logits into next tokens and request updates. Runs in the scheduler thread."""
+
+    def __init__(self, sched):
+        self.s = sched
+
+    # ------------------------------------------------------------ logprobs
+    def record_input_logprobs(self, r: Req, logits: torch.Tensor, first_pos: int) -> None:
+        """``logits[j]`` (float32 ``[m, vocab]``) are the model's outputs at prompt positions
+        ``first_pos + j``; each predicts the token at the next position."""
+        lp = compute_logprobs(logits)
+        nxt = torch.tensor(r.input_ids[first_pos + 1:first_pos + 1 + logits.shape[0]], dtype=torch.int64)
+        vals = lp[torch.arange(nxt.numel()), nxt]
+        tok = self.s.tokenizer if r.logprob.return_text else None
+        if first_pos == 0 and r.logprob.start_len == 0:  # the first prompt token has no logprob
+            r.input_token_logprobs.append((None, r.input_ids[0], self._tok_text(r, r.input_ids[0])))
+            if r.logprob.top_logprobs_num:
+                r.input_top_logprobs.append(None)
+        r.input_token_logprobs.extend(to_triples(vals, nxt, tok))
+        if r.logprob.top_logprobs_num:
+            tv, ti = get_top_logprobs(lp, r.logprob.top_logprobs_num)
+            for i in range(nxt.numel()):
+                r.input_top_logprobs.append(to_triples(tv[i], ti[i], tok))
+
+    def _tok_text(self, r: Req, token_id: int) -> Optional[str]:
+        return self.s.tokenizer.decode([token_id]) if r.logprob.return_text else None
+
+    # ------------------------------------------------------------ sampling
+    def sample(self, reqs: Sequence[Req], logits: torch.Tensor) -> torch.Tensor:
+        """float32 ``[bs, vocab]`` logits -> int64 ``[bs]`` next tokens (grammar masks applied)."""
+        s = self.s
+        info = SamplingBatchInfo.from_params(
+            [r.sampling_params for r in reqs], [r.output_ids for r in reqs],
+            [r.generator for r in reqs], logits.shape[-1], logits.device,
+            eos_token_ids=s.eos_token_ids, prompt_ids=[r.input_ids for r in reqs])
+        if any(r.grammar is not None for r in reqs):
+            mask = torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
+            for i, r in enumerate(reqs):
+                if r.grammar is not None:
+                    mask[i].fill_(False)
+                    r.grammar.fill_vocab_mask(mask[i])
+            info.vocab_mask = mask
+        return s.sampler.forward(logits, info)
+
+    # ------------------------------------------------------------ per token
+    def process(self, reqs: Sequence[Req], logits: torch.Tensor, next_ids: torch.Tensor) -> None:
+        """Append each sampled token and update the request (logprobs, grammar, text, stop, stream)."""
+        want_lp = [i for i, r in enumerate(reqs) if r.logprob.enabled]
+        lp = compute_logprobs(logits[want_lp]) if want_lp else None
+        ids = next_ids.tolist()
+        now = time.perf_counter()
+        for j, i in enumerate(want_lp):
+            r, tok = reqs[i], ids[i]
+            text_tok = self.s.tokenizer if r.logprob.return_text else None
+            r.output_token_logprobs.extend(to_triples(lp[j, tok:tok + 1], torch.tensor([tok]), text_tok))
+            if r.logprob.top_logprobs_num:
+                tv, ti = get_top_logprobs(lp[j:j + 1], r.logprob.top_logprobs_num)
+                r.output_top_logprobs.append(to_triples(tv[0], ti[0], text_tok))
+        for r, tok in zip(reqs, ids):
+            if r.first_token_time is None:
+                r.first_token_time = now
+            r.output_ids.append(tok)
+            jumped = False
+            if r.grammar is not None:
+                r.grammar.accept_token(tok)
+                jumped = self.s.jump_forward(r)
+            self.update_text(r, resync=jumped)
+
+    def update_text(self, r: Req, resync: bool = False) -> None:
+        """Detokenize new tokens, check stop conditions, and stream or finish."""
+        if resync:
+            r.detokenizer = self.s.new_detokenizer(r)
+            full = r.detokenizer.add_tokens(r.output_ids)
+            delta = full[len(r.raw_text):]
+        else:
+            delta = r.detokenizer.add_tokens(r.output_ids[-1:])
+        r.raw_text += delta
+        reason = r.stop_checker.check(r.output_ids, r.raw_text)
+        if reason is None and r.grammar is not None and r.grammar.is_terminated():
+            reason = self.s.grammar_finish_reason(r)
+        if reason is not None:
+            r.finish_reason = reason
+            r.raw_text += r.detokenizer.flush()
+            r.text = r.stop_checker.visible_text(r.raw_text, True)
+            self.s.finish(r)
+        else:
+            r.text = r.stop_checker.visible_text(r.raw_text, False)
+            if r.stream and len(r.text) > r.sent_text_len:
+                self.s.emit(r, final=False)

@@ -1,0 +1,123 @@
+"""Prefill admission: choose which requests extend this step (SGLang's PrefillAdder).
+
+Under a per-step token budget (``max_prefill_tokens``) and the KV pool's free
+plus evictable space, requests that already hold a ReqToTokenPool row and need
+an extend (the next chunk of a chunked prefill, a jump-forwarded request) go
+first; then waiting requests in SchedulePolicy order, each matched against the
+prefix cache so only the uncached part is extended. A prompt longer than
+``chunked_prefill_size`` is split into chunks over several steps (chunked
+prefill). Admission reserves ``new_token_ratio`` of every running request's
+remaining ``max_new_tokens`` so decode rarely runs out of KV (retraction
+handles it when it does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+
+from sgl.engine.req import Req
+from sgl.engine.schedule_policy import match_limit
+
+
+@dataclass
+class PrefillBatch:
+    """The requests of one extend step: ``extend_lens[i]`` new tokens for ``reqs[i]``, whose KV goes to
+    ``out_cache_loc`` (int64 ``[sum(extend_lens)]``). ``new_reqs`` are the ones admitted from the queue."""
+    reqs: List[Req] = field(default_factory=list)
+    extend_lens: List[int] = field(default_factory=list)
+    slots: List[torch.Tensor] = field(default_factory=list)
+    new_reqs: List[Req] = field(default_factory=list)
+
+    @property
+    def out_cache_loc(self) -> torch.Tensor:
+        return torch.cat(self.slots)
+
+
+class PrefillAdder:
+    """Forms one PrefillBatch. Owns no state across steps."""
+
+    def __init__(self, sched):
+        self.s = sched
+        cfg = sched.cfg
+        self.budget = cfg.max_prefill_tokens
+        self.chunk = cfg.chunked_prefill_size if cfg.chunked_prefill_size > 0 else 1 << 62
+        ratio = sched.new_token_ratio
+        self.reserved = sum(self._reserve(r, ratio) for r in sched.running)
+        self.batch = PrefillBatch()
+
+    @staticmethod
+    def _reserve(r: Req, ratio: float) -> int:
+        remaining = max(r.sampling_params.max_new_tokens - len(r.output_ids), 0)
+        return int(remaining * ratio)
+
+    def _alloc(self, n: int) -> torch.Tensor | None:
+        """n KV slots, evicting from the cache when the pool is short."""
+        pool = self.s.pool
+        if pool.available_size() < n:
+            self.s.cache.evict(n - pool.available_size())
+        return pool.alloc(n)
+
+    def _room(self) -> int:
+        return self.s.pool.available_size() + self.s.cache.evictable_size() - self.reserved
+
+    def add_pending(self, reqs: List[Req]) -> List[Req]:
+        """Admit requests that already hold a row (chunk continuation, jump-forward). Returns those left over."""
+        left = []
+        for r in reqs:
+            ext = min(r.extend_remaining, self.chunk, self.budget)
+            slots = self._alloc(ext) if ext > 0 and ext <= self._room() + self.reserved else None
+            if slots is None:
+                left.append(r)
+                continue
+            self._take(r, ext, slots)
+        return left
+
+    def add_waiting(self, waiting: List[Req], max_new: int) -> None:
+        """Admit requests from ``waiting`` (already ordered) until a budget runs out; removes the admitted."""
+        s = self.s
+        admitted = []
+        for r in waiting:
+            if len(admitted) >= max_new or self.budget <= 0:
+                break
+            m = s.cache.match_prefix(r.fill_ids[:match_limit(r)])
+            full = r.seq_len - m.prefix_len
+            ext = min(full, self.chunk, self.budget)
+            if ext < full and self.batch.reqs and ext < min(self.chunk, 64):
+                break  # don't start a tiny chunk; next step has a fresh budget
+            s.cache.lock(m.handle)
+            reserve = self._reserve(r, s.new_token_ratio)
+            if ext + reserve > self._room():
+                s.cache.unlock(m.handle)
+                break
+            row = s.req_to_token_pool.alloc()
+            slots = self._alloc(ext) if row is not None else None
+            if slots is None:
+                if row is not None:
+                    s.req_to_token_pool.free(row)
+                s.cache.unlock(m.handle)
+                break
+            r.req_pool_idx = row
+            r.prefix_indices = m.kv_indices
+            r.last_handle = m.handle
+            r.kv_len = m.prefix_len
+            if m.prefix_len:
+                s.req_to_token_pool.write(row, 0, m.kv_indices)
+            if not r.admitted_once:
+                r.cached_tokens = m.prefix_len
+                r.admitted_once = True
+            self.reserved += reserve
+            self._take(r, ext, slots)
+            self.batch.new_reqs.append(r)
+            admitted.append(r)
+        for r in admitted:
+            waiting.remove(r)
+
+    def _take(self, r: Req, ext: int, slots: torch.Tensor) -> None:
+        self.s.req_to_token_pool.write(r.req_pool_idx, r.kv_len, slots)
+        self.batch.reqs.append(r)
+        self.batch.extend_lens.append(ext)
+        self.batch.slots.append(slots)
+        self.budget -= ext

@@ -1,0 +1,351 @@
+"""Scheduler: the continuous-batching loop (one background thread per Engine).
+
+Each step either runs an extend batch (new requests, the next chunk of a
+chunked prefill, or requests that jump-forwarded) or, when nothing can be
+admitted, one decode step over all running requests (SGLang's prefill-first
+policy). KV comes from the TokenToKVPool; when it runs short the prefix cache
+evicts LRU leaves, and when that is not enough running requests are retracted
+(their KV released, they re-queue and later resume from their tokens so far).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from typing import Callable, List, Optional
+
+import torch
+
+from sgl.config import SchedulerConfig
+from sgl.engine.output_processor import OutputProcessor
+from sgl.engine.prefill import PrefillAdder
+from sgl.engine.req import Req
+from sgl.engine.schedule_policy import make_schedule_policy
+from sgl.engine.stats import SchedulerStats
+from sgl.engine.stop import FinishReason
+
+logger = logging.getLogger("sgl")
+
+
+class Scheduler:
+    """Owns the waiting queue, the running batch, the cache and the model runner.
+
+    Thread model: ``add_request`` / ``call`` may be called from any thread; all
+    other methods run on the scheduler thread (``run_forever``).
+    """
+
+    def __init__(self, cfg: SchedulerConfig, runner, cache, sampler, tokenizer, eos_token_ids,
+                 new_detokenizer: Callable[[Req], object], jump_forward_enabled: bool = True):
+        self.cfg = cfg
+        self.runner = runner
+        self.pool = runner.token_to_kv_pool
+        self.req_to_token_pool = runner.req_to_token_pool
+        self.cache = cache
+        self.sampler = sampler
+        self.tokenizer = tokenizer
+        self.eos_token_ids = set(eos_token_ids)
+        self.new_detokenizer = new_detokenizer
+        self.jump_forward_enabled = jump_forward_enabled
+        self.policy = make_schedule_policy(cfg.policy)
+        self.waiting: List[Req] = []
+        self.running: List[Req] = []
+        self.pending: List[Req] = []  # hold a row, need an extend (chunked prefill, jump-forward)
+        self.new_token_ratio = cfg.init_new_token_ratio
+        self.stats = SchedulerStats()
+        self.outputs = OutputProcessor(self)
+        self._inbox: "queue.Queue" = queue.Queue()
+        self._stop = threading.Event()
+        self._idle_checked = True
+        self.on_step: Optional[Callable[[], None]] = None
+
+    # ------------------------------------------------------------ thread-safe API
+    def add_request(self, req: Req) -> None:
+        self._inbox.put(("req", req))
+
+    def call(self, fn: Callable[["Scheduler"], object]) -> Future:
+        """Run ``fn(self)`` on the scheduler thread; returns a Future of its result."""
+        fut: Future = Future()
+        self._inbox.put(("call", (fn, fut)))
+        return fut
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(("noop", None))
+
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running) + len(self.pending)
+
+    # ------------------------------------------------------------ loop
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            self._drain_inbox(block=self.num_unfinished() == 0)
+            if self._stop.is_set():
+                break
+            try:
+                worked = self.step()
+            except Exception as e:  # keep serving: fail the batch, not the engine
+                logger.error("scheduler step failed: %s\n%s", e, traceback.format_exc())
+                self._abort_all_active(f"internal error: {e}")
+                worked = True
+            if worked:
+                self._idle_checked = False
+            elif not self._idle_checked:
+                self._on_idle()
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, payload = item
+            if kind == "req":
+                self.waiting.append(payload)
+            elif kind == "call":
+                fn, fut = payload
+                try:
+                    fut.set_result(fn(self))
+                except Exception as e:
+                    fut.set_exception(e)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _on_idle(self) -> None:
+        self._idle_checked = True
+        if self.cfg.check_integrity_when_idle:
+            try:
+                self.check_idle_integrity()
+            except Exception as e:  # a bug, but keep serving
+                logger.error("integrity check failed while idle: %s", e)
+
+    def check_idle_integrity(self) -> None:
+        """With no request in flight: the cache is consistent, nothing is locked, and every KV slot is
+        either free or owned by the cache. Raises RuntimeError/AssertionError otherwise."""
+        self.cache.check_integrity()
+        if self.cache.protected_size() != 0:
+            raise RuntimeError(f"cache has {self.cache.protected_size()} protected tokens while idle")
+        owned = self.pool.available_size() + self.cache.total_size()
+        if owned != self.pool.size:
+            raise RuntimeError(f"KV slots leaked: {self.pool.available_size()} free + "
+                               f"{self.cache.total_size()} cached != {self.pool.size}")
+
+    # ------------------------------------------------------------ one step
+    def step(self) -> bool:
+        """Run one extend or decode batch. Returns False when there was nothing to do."""
+        batch = self._get_prefill_batch()
+        if batch is not None and batch.reqs:
+            self._run_extend(batch)
+            return True
+        if self.running:
+            self._run_decode()
+            return True
+        if self.pending or self.waiting:
+            self._unstick()
+            return True
+        return False
+
+    def _get_prefill_batch(self):
+        if not self.pending and not self.waiting:
+            return None
+        adder = PrefillAdder(self)
+        self.pending = adder.add_pending(self.pending)
+        if self.waiting:
+            self.policy.sort(self.waiting, self.cache)
+            room = self.cfg.max_running_requests - len(self.running) - len(self.pending) - len(adder.batch.reqs)
+            adder.add_waiting(self.waiting, max(room, 0))
+        return adder.batch
+
+    def _run_extend(self, batch) -> None:
+        t0 = time.perf_counter()
+        rows, sample_reqs, lp_spans = [], [], []
+        offset = 0
+        for r, ext in zip(batch.reqs, batch.extend_lens):
+            start = r.kv_len
+            if r.logprob.start_len is not None and not r.input_logprobs_done:
+                lo = max(max(r.logprob.start_len - 1, 0), start)
+                hi = min(len(r.input_ids) - 1, start + ext)
+                if hi > lo:
+                    lp_spans.append((r, len(rows), hi - lo, lo))
+                    rows.extend(range(offset + lo - start, offset + hi - start))
+            if start + ext == r.seq_len:
+                sample_reqs.append((r, len(rows)))
+                rows.append(offset + ext - 1)
+            offset += ext
+        logits = self.runner.forward_extend(batch.reqs, batch.extend_lens, batch.out_cache_loc, rows)
+        for r, ext in zip(batch.reqs, batch.extend_lens):
+            r.kv_len += ext
+        for r, i, n, first in lp_spans:
+            self.outputs.record_input_logprobs(r, logits[i:i + n], first)
+        self.stats.on_prefill(batch, self)
+        done = {id(r) for r, _ in sample_reqs}
+        for r in batch.reqs:
+            if id(r) not in done:  # more chunks to go: let the cache own what is computed so far
+                self._cache_unfinished(r)
+                self.pending.append(r)
+        to_sample = []
+        for r, i in sample_reqs:
+            if r.logprob.start_len is not None:
+                r.input_logprobs_done = True
+            if len(r.output_ids) >= r.sampling_params.max_new_tokens:  # max_new_tokens == 0: prefill only
+                r.finish_reason = FinishReason.length_reached(len(r.output_ids))
+                self.finish(r)
+            else:
+                to_sample.append((r, i))
+                self.running.append(r)
+        if to_sample:
+            reqs = [r for r, _ in to_sample]
+            lg = logits[torch.tensor([i for _, i in to_sample])]
+            self.outputs.process(reqs, lg, self.outputs.sample(reqs, lg))
+        self.stats.forward_time += time.perf_counter() - t0
+
+    def _run_decode(self) -> None:
+        t0 = time.perf_counter()
+        slots = self._alloc_decode_slots()
+        if slots is None:
+            return
+        reqs = list(self.running)
+        rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
+        cols = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
+        self.req_to_token_pool.req_to_token[rows, cols] = slots.to(self.req_to_token_pool.device)
+        logits = self.runner.forward_decode(reqs, slots)
+        for r in reqs:
+            r.kv_len += 1
+        self.outputs.process(reqs, logits, self.outputs.sample(reqs, logits))
+        self.new_token_ratio = max(self.cfg.min_new_token_ratio,
+                                   self.new_token_ratio - self.cfg.new_token_ratio_decay)
+        self.stats.on_decode(len(reqs), time.perf_counter() - t0, self)
+
+    # ------------------------------------------------------------ memory pressure
+    def _alloc_decode_slots(self) -> Optional[torch.Tensor]:
+        """One slot per running request; evicts, then retracts (SGLang's retract_decode) if short."""
+        while True:
+            need = len(self.running)
+            if need == 0:
+                return None
+            if self.pool.available_size() < need:
+                self.cache.evict(need - self.pool.available_size())
+            if self.pool.available_size() >= need:
+                return self.pool.alloc(need)
+            if len(self.running) == 1:
+                r = self.running[0]
+                r.finish_reason = FinishReason.abort(
+                    f"KV cache pool ({self.pool.size} tokens) is too small for this request "
+                    f"({r.seq_len} tokens); raise scheduler.max_total_tokens")
+                self.finish(r)
+                continue
+            self.retract(self._pick_retract())
+
+    def _pick_retract(self) -> Req:
+        """Fewest output tokens first, then longest prompt (SGLang's order)."""
+        return min(self.running, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
+
+    def retract(self, r: Req) -> None:
+        """Release a running request's KV (into the cache, so a re-run can reuse it) and re-queue it."""
+        self.running.remove(r)
+        self._release_kv(r)
+        r.num_retractions += 1
+        self.stats.num_retractions += 1
+        self.waiting.insert(0, r)
+        self.new_token_ratio = self.cfg.init_new_token_ratio
+        logger.info("Retract request %s (%d tokens); #running-req: %d", r.rid, r.seq_len, len(self.running))
+
+    def _unstick(self) -> None:
+        """Nothing running, yet nothing could be admitted: free cache space, or fail what can never fit."""
+        if self.cache.evictable_size():
+            self.cache.evict(self.cache.evictable_size())
+            return
+        for r in self.pending + self.waiting:
+            r.finish_reason = FinishReason.abort(
+                f"request needs more KV than the pool has ({self.pool.size} tokens)")
+            self.finish(r)
+
+    # ------------------------------------------------------------ KV ownership
+    def _row_slots(self, r: Req, n: int) -> torch.Tensor:
+        return self.req_to_token_pool.req_to_token[r.req_pool_idx, :n].clone()
+
+    def _cache_unfinished(self, r: Req) -> None:
+        m = self.cache.cache_unfinished_req(r.fill_ids[:r.kv_len], self._row_slots(r, r.kv_len),
+                                            r.last_handle, r.prefix_len)
+        self.req_to_token_pool.write(r.req_pool_idx, 0, m.kv_indices)
+        r.prefix_indices, r.last_handle = m.kv_indices, m.handle
+
+    def _release_kv(self, r: Req) -> None:
+        if r.req_pool_idx is None:
+            return
+        self.cache.cache_finished_req(r.fill_ids[:r.kv_len], self._row_slots(r, r.kv_len),
+                                      r.last_handle, r.prefix_len)
+        self.req_to_token_pool.free(r.req_pool_idx)
+        r.req_pool_idx, r.last_handle, r.kv_len = None, None, 0
+        r.prefix_indices = torch.empty(0, dtype=torch.int64)
+
+    # ------------------------------------------------------------ finishing
+    def finish(self, r: Req) -> None:
+        """Release the request's KV, take it off every queue and send the final result."""
+        for q in (self.running, self.pending, self.waiting):
+            if r in q:
+                q.remove(r)
+        self._release_kv(r)
+        r.finished_time = time.perf_counter()
+        self.stats.on_finish(r)
+        self.emit(r, final=True)
+
+    def emit(self, r: Req, final: bool) -> None:
+        r.sent_text_len = len(r.text)
+        if r.sink is not None:
+            r.sink.put(r, final)
+
+    def abort(self, rid: str, message: str = "aborted by client") -> bool:
+        for q in (self.running, self.pending, self.waiting):
+            for r in q:
+                if r.rid == rid:
+                    r.finish_reason = FinishReason.abort(message)
+                    self.finish(r)
+                    return True
+        return False
+
+    def _abort_all_active(self, message: str) -> None:
+        for r in list(self.running + self.pending):
+            try:
+                r.finish_reason = FinishReason.abort(message)
+                self.finish(r)
+            except Exception:  # KV state may be inconsistent; drop the row
+                logger.error("could not release %s cleanly", r.rid)
+
+    # ------------------------------------------------------------ grammar helpers
+    def jump_forward(self, r: Req) -> bool:
+        """Compressed-FSM jump-forward (SGLang, Zheng et al. 2023 §4): append the forced string, re-tokenize the
+        boundary, keep the KV of the unchanged prefix; the request re-extends its new tail. Returns True if jumped."""
+        if not self.jump_forward_enabled or r.grammar.is_terminated():
+            return False
+        jump = r.grammar.try_jump_forward()
+        if not jump:
+            return False
+        from sgl.grammar.jump_forward import jump_forward_retokenize
+
+        keep, tail = jump_forward_retokenize(self.tokenizer, r.output_ids, jump)
+        keep_abs = len(r.input_ids) + keep
+        if keep_abs < r.prefix_len or not tail:
+            return False  # would rewrite tokens the cache owns; just keep decoding
+        budget = r.sampling_params.max_new_tokens - keep
+        if len(tail) > budget:
+            return False
+        r.grammar.accept_string(jump)
+        r.output_ids = r.output_ids[:keep] + tail
+        if r.kv_len > keep_abs:
+            self.pool.free(self.req_to_token_pool.req_to_token[r.req_pool_idx, keep_abs:r.kv_len].clone())
+            r.kv_len = keep_abs
+        self.stats.jump_forward_tokens += len(tail)
+        if r in self.running and r.extend_remaining > 1:
+            self.running.remove(r)
+            self.pending.append(r)
+        return True
+
+    def grammar_finish_reason(self, r: Req) -> FinishReason:
+        last = r.output_ids[-1]
+        return FinishReason.stop(last if last in self.eos_token_ids else None)

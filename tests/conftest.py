@@ -1,0 +1,27 @@
+"""Shared fixtures: one Engine on the bundled model per session, plus chat prompts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The default Engine (bundled SmolLM2-135M-Instruct, radix cache, lpm)."""
+    import sgl
+
+    e = sgl.Engine(log_interval=0)
+    yield e
+    e.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chat_prompts(engine):
+    tok = engine.tokenizer
+    questions = ["What is the capital of France?", "Name a primary color.", "What is 2+2?"]
+    return [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions]

@@ -1,0 +1,136 @@
+"""End-to-end engine tests on the bundled model (real values, greedy decoding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+GREEDY = {"temperature": 0, "max_new_tokens": 24}
+
+
+@pytest.fixture(scope="module")
+def hf_model(engine):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(engine.loaded.model_dir, torch_dtype=torch.float32)
+    m.eval()
+    return m
+
+
+def test_greedy_matches_transformers_generate(engine, hf_model, chat_prompts):
+    outs = engine.generate(chat_prompts, GREEDY)
+    for prompt, out in zip(chat_prompts, outs):
+        ids = engine.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        ref = hf_model.generate(ids, max_new_tokens=GREEDY["max_new_tokens"], do_sample=False,
+                                eos_token_id=list(engine.eos_token_ids), pad_token_id=engine.eos_token_ids[0])
+        ref_ids = ref[0, ids.shape[1]:].tolist()
+        if ref_ids and ref_ids[-1] in engine.eos_token_ids:
+            ref_ids = ref_ids[:-1]
+        ours = out["output_ids"]
+        if ours and ours[-1] in engine.eos_token_ids:
+            ours = ours[:-1]
+        assert ours == ref_ids
+        assert out["text"] == engine.tokenizer.decode(ref_ids, skip_special_tokens=True)
+
+
+def test_cached_tokens_on_repeated_prefix(engine, chat_prompts):
+    first = engine.generate(chat_prompts[0], GREEDY)
+    second = engine.generate(chat_prompts[0], GREEDY)
+    n = first["meta_info"]["prompt_tokens"]
+    assert second["meta_info"]["cached_tokens"] == n - 1  # all but the last prompt token
+    assert second["output_ids"] == first["output_ids"]
+    engine.check_integrity()
+
+
+def test_max_new_tokens_zero_prefill_only(engine, chat_prompts):
+    out = engine.generate(chat_prompts[1], {"max_new_tokens": 0}, return_logprob=True, logprob_start_len=0)
+    assert out["text"] == "" and out["output_ids"] == []
+    assert out["meta_info"]["finish_reason"] == {"type": "length", "length": 0}
+    lps = out["meta_info"]["input_token_logprobs"]
+    assert len(lps) == out["meta_info"]["prompt_tokens"]
+    assert lps[0][0] is None and all(lp <= 0 for lp, _, _ in lps[1:])
+
+
+def test_prompt_logprobs_match_reference(engine, hf_model):
+    text = "The quick brown fox jumps over the lazy dog."
+    out = engine.generate(text, {"max_new_tokens": 1, "temperature": 0}, return_logprob=True,
+                          logprob_start_len=2, top_logprobs_num=3)
+    ids = engine.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(ids).logits[0].float(), -1)
+    got = out["meta_info"]["input_token_logprobs"]
+    assert [t for _, t, _ in got] == ids[0, 2:].tolist()
+    for (lp, tok, _), pos in zip(got, range(2, ids.shape[1])):
+        assert lp == pytest.approx(ref[pos - 1, tok].item(), abs=2e-3)
+    top = out["meta_info"]["input_top_logprobs"]
+    assert len(top) == len(got) and all(len(t) == 3 for t in top)
+    assert top[0][0][1] == int(ref[1].argmax())
+    out_lp = out["meta_info"]["output_token_logprobs"][0]
+    assert out_lp[1] == int(ref[-1].argmax()) and out_lp[0] == pytest.approx(ref[-1].max().item(), abs=2e-3)
+
+
+def test_stop_string_across_tokens_trimmed(engine, chat_prompts):
+    full = engine.generate(chat_prompts[0], {"temperature": 0, "max_new_tokens": 16})["text"]
+    assert len(full) > 8
+    stop = full[3:7]  # most likely spans a token boundary
+    out = engine.generate(chat_prompts[0], {"temperature": 0, "max_new_tokens": 16, "stop": stop})
+    assert out["text"] == full[:full.index(stop)]
+    assert out["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    streamed = list(engine.generate(chat_prompts[0], {"temperature": 0, "max_new_tokens": 16, "stop": stop},
+                                    stream=True))
+    assert all(stop not in s["text"] and s["text"] == out["text"][:len(s["text"])] for s in streamed)
+    assert streamed[-1]["text"] == out["text"]
+
+
+def test_stream_utf8_concatenation(engine):
+    tok = engine.tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Write three emojis and the word café."}],
+                                     tokenize=False, add_generation_prompt=True)
+    params = {"temperature": 0.8, "max_new_tokens": 40, "sampling_seed": 7}
+    chunks = list(engine.generate(prompt, params, stream=True))
+    final = engine.generate(prompt, params)
+    assert chunks[-1]["text"] == final["text"]
+    prev = ""
+    for c in chunks:
+        assert c["text"].startswith(prev) and "\ufffd" not in c["text"]
+        prev = c["text"]
+
+
+def test_seeded_sampling_reproducible_across_batches(engine, chat_prompts):
+    p = {"temperature": 1.0, "max_new_tokens": 12, "sampling_seed": 1234}
+    alone = engine.generate(chat_prompts[2], p)
+    batched = engine.generate(chat_prompts, [{"temperature": 0.7, "max_new_tokens": 12}, GREEDY, p])
+    assert batched[2]["output_ids"] == alone["output_ids"]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"bogus": 1}, "bogus"),
+    ({"stop": [""]}, "stop"), ({"max_new_tokens": -2}, "max_new_tokens"), ({"top_k": 0}, "top_k"),
+])
+def test_bad_sampling_params_raise_and_engine_keeps_serving(engine, bad, field):
+    with pytest.raises(ValueError, match=field):
+        engine.generate("Hello", bad)
+    assert engine.generate("Hello", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+
+
+def test_bad_prompts_raise(engine):
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate("", GREEDY)
+    with pytest.raises(ValueError, match="context length"):
+        engine.generate(input_ids=[1] * (engine.context_len + 5))
+    with pytest.raises(ValueError, match="input_ids"):
+        engine.generate(input_ids=[engine.vocab_size + 3])
+    with pytest.raises(ValueError, match="exactly one"):
+        engine.generate()
+
+
+def test_abort_and_integrity(engine, chat_prompts):
+    it = engine.generate(chat_prompts[0], {"max_new_tokens": 200, "ignore_eos": True}, stream=True)
+    next(it)
+    it.close()  # dropping the stream aborts the request
+    engine.generate("warm", {"max_new_tokens": 1})
+    info = engine.get_server_info()
+    assert info["num_running_reqs"] == 0 and info["cache_protected_tokens"] == 0
+    engine.check_integrity()
