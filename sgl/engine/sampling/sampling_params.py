@@ -109,7 +109,7 @@ class SamplingParams:
                 or a value of the wrong type (the message names the field).
         """
         if d is None:
-            return cls()
+            return cls().normalize()
         if not isinstance(d, dict):
             raise ValueError(f"sampling_params must be a dict, got {type(d).__name__}")
         allowed = set(cls.field_names())
