@@ -1,0 +1,483 @@
+"""RadixCache tests: exact match lengths, slots, lock counts, sizes and eviction order.
+
+Style after vLLM v1's prefix-caching tests: small ``make_*`` factories and
+exact expected values. A hypothesis state machine at the end checks the
+invariants under random insert/match/lock/unlock/evict/request sequences.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sgl.engine.cache import CACHE_MANAGERS, NoneCache, RadixCache, make_cache_manager
+from sgl.engine.memory_pool import TokenToKVPool
+
+
+def make_pool(size: int = 32) -> TokenToKVPool:
+    return TokenToKVPool(size, num_layers=1, num_kv_heads=1, head_dim=1)
+
+
+def make_cache(size: int = 32):
+    pool = make_pool(size)
+    return pool, RadixCache(pool)
+
+
+def put(cache: RadixCache, pool: TokenToKVPool, tokens) -> torch.Tensor:
+    """Allocate fresh slots for ``tokens``, insert them, free the duplicates; return the slots."""
+    slots = pool.alloc(len(tokens))
+    already = cache.insert(tokens, slots)
+    pool.free(slots[:already])
+    return slots
+
+
+def node_key(handle) -> list:
+    return list(handle.key)
+
+
+def ids(t: torch.Tensor) -> list:
+    return t.tolist()
+
+
+# ----------------------------------------------------------------- matching
+def test_match_on_empty_cache_is_empty():
+    pool, cache = make_cache()
+    m = cache.match_prefix([1, 2, 3])
+    assert m.prefix_len == 0
+    assert m.kv_indices.dtype == torch.int64 and m.kv_indices.shape == (0,)
+    assert m.handle is cache.root_node
+
+
+def test_match_full_and_longer_query():
+    pool, cache = make_cache()
+    slots = put(cache, pool, [1, 2, 3])
+    assert ids(slots) == [1, 2, 3]
+    assert ids(cache.match_prefix([1, 2, 3]).kv_indices) == [1, 2, 3]
+    assert ids(cache.match_prefix([1, 2, 3, 4, 5]).kv_indices) == [1, 2, 3]
+    assert cache.match_prefix([2, 3]).prefix_len == 0
+
+
+def test_partial_match_splits_node_and_keeps_slots():
+    pool, cache = make_cache()
+    put(cache, pool, [1, 2, 3, 4, 5])  # slots 1..5
+    m = cache.match_prefix([1, 2, 3, 9])
+    assert m.prefix_len == 3 and ids(m.kv_indices) == [1, 2, 3]
+    assert node_key(m.handle) == [1, 2, 3] and ids(m.handle.value) == [1, 2, 3]
+    (child,) = m.handle.children.values()
+    assert node_key(child) == [4, 5] and ids(child.value) == [4, 5] and child.parent is m.handle
+    assert cache.total_size() == 5 and cache.evictable_size() == 5
+    assert ids(cache.match_prefix([1, 2, 3, 4, 5]).kv_indices) == [1, 2, 3, 4, 5]
+    cache.check_integrity()
+
+
+def test_match_ending_inside_edge_returns_exact_prefix():
+    pool, cache = make_cache()
+    put(cache, pool, [1, 2, 3, 4])
+    m = cache.match_prefix([1, 2])
+    assert ids(m.kv_indices) == [1, 2] and node_key(m.handle) == [1, 2]
+    cache.check_integrity()
+
+
+# ------------------------------------------------------------------ insert
+def test_insert_returns_already_cached_length():
+    pool, cache = make_cache()
+    assert cache.insert([1, 2, 3], pool.alloc(3)) == 0
+    assert cache.insert([1, 2, 3, 4], torch.tensor([20, 21, 22, 4])) == 3
+    assert cache.insert([1, 2], torch.tensor([30, 31])) == 2
+    assert cache.insert([1, 5], torch.tensor([40, 5])) == 1
+    assert cache.insert([7], torch.tensor([7])) == 0
+    # Only the new tails were taken: [1,2,3] keeps slots 1..3, then 4, 5 and 7.
+    assert ids(cache.match_prefix([1, 2, 3, 4]).kv_indices) == [1, 2, 3, 4]
+    assert ids(cache.match_prefix([1, 5]).kv_indices) == [1, 5]
+    assert ids(cache.match_prefix([7]).kv_indices) == [7]
+    assert cache.total_size() == 6
+
+
+def test_insert_copies_kv_indices():
+    pool, cache = make_cache()
+    slots = pool.alloc(3)
+    cache.insert([1, 2, 3], slots)
+    slots.fill_(0)  # e.g. the caller reuses its req_to_token row
+    assert ids(cache.match_prefix([1, 2, 3]).kv_indices) == [1, 2, 3]
+
+
+def test_insert_rejects_bad_kv_indices():
+    pool, cache = make_cache()
+    with pytest.raises(ValueError, match="kv_indices"):
+        cache.insert([1, 2, 3], torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="kv_indices"):
+        cache.insert([1, 2], torch.tensor([1, 2], dtype=torch.int32))
+
+
+# ------------------------------------------------------------------- locks
+def test_lock_counts_along_path_and_sizes():
+    pool, cache = make_cache()
+    put(cache, pool, [1, 2, 3, 4])
+    put(cache, pool, [1, 2, 5, 6])  # splits into [1,2] -> {[3,4], [5,6]}
+    a = cache.match_prefix([1, 2, 3, 4]).handle
+    b = cache.match_prefix([1, 2, 5, 6]).handle
+    shared = a.parent
+    assert node_key(shared) == [1, 2] and b.parent is shared
+    cache.lock(a)
+    assert (shared.lock_ref, a.lock_ref, b.lock_ref) == (1, 1, 0)
+    assert (cache.protected_size(), cache.evictable_size()) == (4, 2)
+    cache.lock(b)
+    cache.lock(b)
+    assert (shared.lock_ref, a.lock_ref, b.lock_ref) == (3, 1, 2)
+    assert (cache.protected_size(), cache.evictable_size()) == (6, 0)
+    cache.check_integrity(idle=False)
+    with pytest.raises(AssertionError, match="locked while idle"):
+        cache.check_integrity()
+    cache.unlock(a)
+    cache.unlock(b)
+    cache.unlock(b)
+    assert (shared.lock_ref, a.lock_ref, b.lock_ref) == (0, 0, 0)
+    assert (cache.protected_size(), cache.evictable_size()) == (0, 6)
+    with pytest.raises(RuntimeError, match="unlocked"):
+        cache.unlock(a)
+    cache.check_integrity()
+
+
+def test_split_of_locked_node_keeps_lock_on_both_halves():
+    pool, cache = make_cache()
+    put(cache, pool, [1, 2, 3, 4])
+    h = cache.match_prefix([1, 2, 3, 4]).handle
+    cache.lock(h)
+    upper = cache.match_prefix([1, 2]).handle
+    assert upper.lock_ref == 1 and h.lock_ref == 1 and h.parent is upper
+    assert cache.protected_size() == 4
+    cache.unlock(h)
+    assert cache.protected_size() == 0 and upper.lock_ref == 0
+    cache.check_integrity()
+
+
+# ---------------------------------------------------------------- eviction
+def test_evict_lru_leaves_in_exact_order():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2])
+    put(cache, pool, [3, 4])
+    put(cache, pool, [5, 6])
+    cache.match_prefix([1, 2, 9])  # touch: LRU order is now [3,4], [5,6], [1,2]
+    assert pool.available_size() == 10
+    assert cache.evict(1) == 2
+    assert pool.available_size() == 12 and ids(pool.free_slots[-2:]) == [3, 4]
+    assert cache.match_prefix([3, 4]).prefix_len == 0
+    assert cache.match_prefix([5, 6]).prefix_len == 2  # touch again: [1,2] is now oldest
+    assert cache.evict(2) == 2
+    assert cache.match_prefix([1, 2]).prefix_len == 0
+    assert cache.evict(5) == 2 and cache.total_size() == 0
+    assert pool.available_size() == 16
+    assert cache.evict(1) == 0
+
+
+def test_parent_becomes_evictable_after_children():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2, 3])
+    put(cache, pool, [1, 2, 4])
+    cache.match_prefix([1, 2, 4])
+    assert cache.evict(1) == 1  # leaf [3]
+    assert ids(cache.match_prefix([1, 2, 3]).kv_indices) == [1, 2]
+    assert cache.evict(3) == 3  # leaf [4], then the bare parent [1,2]
+    assert cache.total_size() == 0 and pool.available_size() == 16
+    cache.check_integrity()
+
+
+def test_evict_freed_count_and_pool_growth_match():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2, 3, 4, 5])
+    put(cache, pool, [9, 9])
+    before = pool.available_size()
+    freed = cache.evict(3)  # oldest leaf is the whole 5-token edge
+    assert freed == 5 and pool.available_size() == before + 5
+    assert sorted(pool.free_slots[-5:].tolist()) == [1, 2, 3, 4, 5]
+
+
+def test_locked_nodes_are_never_evicted():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2, 3])
+    put(cache, pool, [1, 2, 7])
+    put(cache, pool, [8])
+    h = cache.match_prefix([1, 2, 3]).handle
+    cache.lock(h)
+    assert cache.evictable_size() == 2 and cache.protected_size() == 3
+    assert cache.evict(100) == 2  # [7] and [8] only
+    assert ids(cache.match_prefix([1, 2, 3]).kv_indices) == [1, 2, 3]
+    assert cache.evictable_size() == 0 and cache.protected_size() == 3
+    with pytest.raises(ValueError, match="num_tokens"):
+        cache.evict(-1)
+    cache.unlock(h)
+    cache.check_integrity()
+
+
+def test_lock_of_evicted_handle_raises():
+    pool, cache = make_cache()
+    put(cache, pool, [1, 2])
+    h = cache.match_prefix([1, 2]).handle
+    cache.evict(2)
+    with pytest.raises(RuntimeError, match="evicted"):
+        cache.lock(h)
+
+
+# -------------------------------------------------------- scheduler helpers
+def test_cache_finished_req_frees_exactly_the_duplicates():
+    pool, cache = make_cache(16)
+    # Two concurrent requests with the same prompt, both missing the cache.
+    m3, m4 = cache.match_prefix([7, 8, 9]), cache.match_prefix([7, 8, 9])
+    kv3, kv4 = pool.alloc(3), pool.alloc(3)
+    cache.lock(m3.handle), cache.lock(m4.handle)
+    cache.cache_finished_req([7, 8, 9], kv3, m3.handle, 0)
+    assert pool.available_size() == 10 and cache.total_size() == 3
+    cache.cache_finished_req([7, 8, 9], kv4, m4.handle, 0)
+    assert pool.available_size() == 13 and ids(pool.free_slots[-3:]) == ids(kv4)
+    # A request reusing 2 cached tokens, then adding 2 of its own.
+    m = cache.match_prefix([7, 8, 5, 6])
+    cache.lock(m.handle)
+    own = pool.alloc(2)
+    cache.cache_finished_req([7, 8, 5, 6], torch.cat([m.kv_indices, own]), m.handle, m.prefix_len)
+    assert pool.available_size() == 11 and cache.total_size() == 5
+    assert ids(cache.match_prefix([7, 8, 5, 6]).kv_indices) == [1, 2] + ids(own)
+    assert cache.protected_size() == 0
+    cache.check_integrity()
+
+
+def test_cache_finished_req_frees_middle_duplicates_only():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2])  # slots 1, 2
+    m = cache.match_prefix([1, 2, 3, 4, 5])
+    cache.lock(m.handle)
+    own = pool.alloc(3)  # the request computes 3, 4, 5 itself ...
+    put(cache, pool, [1, 2, 3, 4])  # ... while another request caches 3, 4
+    avail = pool.available_size()
+    cache.cache_finished_req([1, 2, 3, 4, 5], torch.cat([m.kv_indices, own]), m.handle, 2)
+    assert pool.available_size() == avail + 2 and ids(pool.free_slots[-2:]) == ids(own[:2])
+    assert ids(cache.match_prefix([1, 2, 3, 4, 5]).kv_indices)[4] == own[2].item()
+    cache.check_integrity()
+
+
+def test_cache_unfinished_req_for_chunked_prefill():
+    pool, cache = make_cache(16)
+    tokens = [1, 2, 3, 4, 5, 6, 7, 8]
+    m = cache.match_prefix(tokens)
+    cache.lock(m.handle)
+    chunk1 = pool.alloc(4)
+    r = cache.cache_unfinished_req(tokens[:4], chunk1, m.handle, 0)
+    assert r.prefix_len == 4 and ids(r.kv_indices) == ids(chunk1)
+    assert cache.protected_size() == 4 and cache.evictable_size() == 0
+    assert cache.evict(4) == 0
+    other = put(cache, pool, tokens[:6])  # another request caches 5, 6 meanwhile
+    chunk2 = pool.alloc(4)
+    avail = pool.available_size()
+    r2 = cache.cache_unfinished_req(tokens, torch.cat([r.kv_indices, chunk2]), r.handle, 4)
+    assert pool.available_size() == avail + 2 and ids(pool.free_slots[-2:]) == ids(chunk2[:2])
+    assert ids(r2.kv_indices) == ids(chunk1) + ids(other[4:]) + ids(chunk2[2:])
+    assert cache.protected_size() == 8 and cache.evictable_size() == 0
+    cache.cache_finished_req(tokens, r2.kv_indices, r2.handle, r2.prefix_len)
+    assert cache.protected_size() == 0 and cache.evictable_size() == 8
+    assert pool.available_size() == 8
+    cache.check_integrity()
+
+
+def test_reset_returns_pool_to_start():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2, 3])
+    put(cache, pool, [1, 4])
+    h = cache.match_prefix([1, 4]).handle
+    cache.lock(h)
+    with pytest.raises(RuntimeError, match="locked"):
+        cache.reset()
+    cache.unlock(h)
+    cache.reset()
+    assert pool.available_size() == 16 and sorted(pool.free_slots.tolist()) == list(range(1, 17))
+    assert cache.total_size() == 0 and cache.match_prefix([1, 2, 3]).prefix_len == 0
+    cache.check_integrity()
+
+
+def test_check_integrity_detects_corruption():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2, 3])
+    put(cache, pool, [4, 5])
+    cache.evictable_size_ += 1
+    with pytest.raises(AssertionError, match="evictable_size_"):
+        cache.check_integrity()
+    cache.evictable_size_ -= 1
+    leaf = cache.match_prefix([4, 5]).handle
+    leaf.value = torch.tensor([1, 2])  # slot 1 now owned twice
+    with pytest.raises(AssertionError, match="two tree nodes"):
+        cache.check_integrity()
+    leaf.value = torch.tensor([14, 15])  # still in the pool's free list
+    with pytest.raises(AssertionError, match="free list"):
+        cache.check_integrity()
+
+
+def test_pretty_print_lists_nodes(capsys):
+    pool, cache = make_cache()
+    put(cache, pool, [1, 2, 3])
+    put(cache, pool, [1, 2, 4])
+    text = cache.pretty_print()
+    assert text.splitlines()[1:] == ["  [1, 2] -> [1, 2] lock=0 t=2", "    [3] -> [3] lock=0 t=1",
+                                     "    [4] -> [6] lock=0 t=2"]
+    assert capsys.readouterr().out.strip() == text
+
+
+def test_registry_builds_by_name():
+    pool = make_pool()
+    assert isinstance(make_cache_manager("radix", pool), RadixCache)
+    assert isinstance(make_cache_manager("none", pool), NoneCache)
+    assert {"radix", "none"} <= set(CACHE_MANAGERS.names())
+    with pytest.raises(ValueError, match="known"):
+        make_cache_manager("nope", pool)
+
+
+# -------------------------------------------------------- property-based
+POOL_SIZE = 24
+token_seqs = st.lists(st.integers(0, 3), min_size=1, max_size=7)
+
+
+class RadixCacheMachine(RuleBasedStateMachine):
+    """Random cache traffic against a reference dict: prefix tuple -> slot."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool, self.cache = make_cache(POOL_SIZE)
+        self.ref = {}  # every cached prefix (a tuple) -> the slot of its last token
+        self.locks = []  # (handle, prefix tuple) locked directly by the test
+        self.reqs = []  # dicts: tokens, kv, handle, prefix_len (slots kv[prefix_len:] are the test's)
+
+    def cached_len(self, tokens) -> int:
+        n = 0
+        while n < len(tokens) and tuple(tokens[: n + 1]) in self.ref:
+            n += 1
+        return n
+
+    def expected_kv(self, tokens, n):
+        return [self.ref[tuple(tokens[: i + 1])] for i in range(n)]
+
+    def tree_dict(self):
+        out, stack = {}, [((), self.cache.root_node)]
+        while stack:
+            prefix, node = stack.pop()
+            for child in node.children.values():
+                p = prefix
+                for tok, slot in zip(child.key, child.value.tolist()):
+                    p = p + (tok,)
+                    out[p] = slot
+                stack.append((p, child))
+        return out
+
+    def match(self, tokens):
+        m = self.cache.match_prefix(tokens)
+        n = self.cached_len(tokens)
+        assert m.prefix_len == n and m.kv_indices.tolist() == self.expected_kv(tokens, n)
+        return m
+
+    def evict(self, n):
+        before_avail, before_evictable = self.pool.available_size(), self.cache.evictable_size()
+        freed = self.cache.evict(n)
+        assert self.pool.available_size() == before_avail + freed
+        assert freed >= min(n, before_evictable) and freed <= before_evictable
+        tree = self.tree_dict()
+        assert all(self.ref[p] == s for p, s in tree.items())
+        assert len(self.ref) - len(tree) == freed
+        self.ref = tree
+
+    def alloc(self, n):
+        if self.pool.available_size() < n:
+            self.evict(n - self.pool.available_size())
+        return self.pool.alloc(n)
+
+    def record_insert(self, tokens, kv, prefix_len, call):
+        already = self.cached_len(tokens)
+        avail = self.pool.available_size()
+        result = call()
+        assert self.pool.available_size() == avail + (already - prefix_len)
+        for i in range(already, len(tokens)):
+            self.ref[tuple(tokens[: i + 1])] = int(kv[i])
+        return result
+
+    @rule(tokens=token_seqs)
+    def insert(self, tokens):
+        slots = self.alloc(len(tokens))
+        if slots is None:
+            return
+        already = self.cached_len(tokens)
+        assert self.cache.insert(tokens, slots) == already
+        self.pool.free(slots[:already])
+        for i in range(already, len(tokens)):
+            self.ref[tuple(tokens[: i + 1])] = int(slots[i])
+
+    @rule(tokens=token_seqs)
+    def match_and_lock(self, tokens):
+        m = self.match(tokens)
+        self.cache.lock(m.handle)
+        self.locks.append((m.handle, tuple(tokens[: m.prefix_len])))
+
+    @precondition(lambda self: self.locks)
+    @rule(i=st.integers(0, 100))
+    def unlock(self, i):
+        handle, _ = self.locks.pop(i % len(self.locks))
+        self.cache.unlock(handle)
+
+    @rule(n=st.integers(0, POOL_SIZE))
+    def evict_tokens(self, n):
+        self.evict(n)
+
+    @rule(tokens=token_seqs)
+    def start_req(self, tokens):
+        m = self.match(tokens)
+        self.cache.lock(m.handle)
+        own = self.alloc(len(tokens) - m.prefix_len)
+        if own is None:
+            self.cache.unlock(m.handle)
+            return
+        self.reqs.append(dict(tokens=tokens, kv=torch.cat([m.kv_indices, own]), handle=m.handle,
+                              prefix_len=m.prefix_len))
+
+    @precondition(lambda self: self.reqs)
+    @rule(i=st.integers(0, 100), more=token_seqs)
+    def chunk_req(self, i, more):
+        r = self.reqs[i % len(self.reqs)]
+        m = self.record_insert(r["tokens"], r["kv"], r["prefix_len"], lambda: self.cache.cache_unfinished_req(
+            r["tokens"], r["kv"], r["handle"], r["prefix_len"]))
+        assert m.prefix_len == len(r["tokens"]) and m.kv_indices.tolist() == self.expected_kv(r["tokens"], m.prefix_len)
+        r.update(kv=m.kv_indices, handle=m.handle, prefix_len=m.prefix_len)
+        own = self.alloc(len(more))  # the next chunk's tokens
+        if own is not None:
+            r.update(tokens=r["tokens"] + more, kv=torch.cat([r["kv"], own]))
+
+    @precondition(lambda self: self.reqs)
+    @rule(i=st.integers(0, 100))
+    def finish_req(self, i):
+        r = self.reqs.pop(i % len(self.reqs))
+        self.record_insert(r["tokens"], r["kv"], r["prefix_len"], lambda: self.cache.cache_finished_req(
+            r["tokens"], r["kv"], r["handle"], r["prefix_len"]))
+
+    @invariant()
+    def consistent(self):
+        idle = not self.locks and not self.reqs
+        self.cache.check_integrity(idle=idle)
+        assert self.tree_dict() == self.ref
+        for _, prefix in self.locks:
+            assert all(prefix[: i + 1] in self.ref for i in range(len(prefix)))
+        # free list + tree slots + request-owned slots partition 1..POOL_SIZE exactly
+        owned = self.pool.free_slots.tolist() + list(self.ref.values())
+        for r in self.reqs:
+            owned += r["kv"][r["prefix_len"]:].tolist()
+        assert sorted(owned) == list(range(1, POOL_SIZE + 1))
+        assert self.cache.total_size() == len(self.ref)
+
+    def teardown(self):
+        for handle, _ in self.locks:
+            self.cache.unlock(handle)
+        for r in self.reqs:
+            self.cache.cache_finished_req(r["tokens"], r["kv"], r["handle"], r["prefix_len"])
+        self.cache.check_integrity()
+        self.cache.reset()
+        assert self.pool.available_size() == POOL_SIZE
+
+
+RadixCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
+                                               suppress_health_check=[HealthCheck.too_slow])
+TestRadixCacheProperties = RadixCacheMachine.TestCase
