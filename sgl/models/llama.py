@@ -1,0 +1,232 @@
+"""Llama decoder (Touvron et al., 2023) over the paged KV pool.
+
+Layout follows transformers' ``LlamaForCausalLM`` (so HF checkpoints load by
+name) with nano-vllm/SGLang habits for serving: fused ``qkv_proj`` and
+``gate_up_proj`` matmuls, a fused residual add + RMSNorm, one cos/sin lookup
+per step shared by all layers, and attention delegated to an
+:class:`~sgl.kernels.attention.base.AttentionBackend` that reads and writes
+the KV pool. Tokens of all requests are flattened into one ``[n, hidden]``
+tensor, so no layer loops over requests or syncs with the host.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Tuple
+
+import torch
+from torch import nn
+
+from sgl.engine.forward_batch import ForwardBatch
+from sgl.kernels.attention.base import AttentionBackend
+from sgl.models.layers import (Linear, MergedLinear, QKVLinear, RMSNorm, RotaryEmbedding, SiluAndMul,
+                               VocabEmbedding, apply_rotary, rope_parameters)
+
+# (our fused parameter, checkpoint projection name, shard id)
+STACKED_PARAMS = (
+    ("qkv_proj", "q_proj", "q"),
+    ("qkv_proj", "k_proj", "k"),
+    ("qkv_proj", "v_proj", "v"),
+    ("gate_up_proj", "gate_proj", 0),
+    ("gate_up_proj", "up_proj", 1),
+)
+IGNORED_WEIGHT_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def head_dim_of(hf_config) -> int:
+    """``head_dim`` from the config, else ``hidden_size // num_attention_heads``."""
+    return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+
+
+class LlamaAttention(nn.Module):
+    """Self-attention with grouped-query heads: ``[n, hidden]`` -> ``[n, hidden]``."""
+
+    def __init__(self, hf_config, layer_id: int, attn_backend: AttentionBackend, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads = hf_config.num_attention_heads
+        self.num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_attention_heads={self.num_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_kv_heads}")
+        self.head_dim = head_dim_of(hf_config)
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scaling = self.head_dim ** -0.5
+        self.attn_backend = attn_backend
+        self.qkv_proj = QKVLinear(hf_config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, qkv_bias)
+        self.o_proj = Linear(self.q_size, hf_config.hidden_size, bias=o_bias)
+
+    def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                forward_batch: ForwardBatch) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden_states)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rotary(q, cos, sin, self.head_dim)
+        k = apply_rotary(k, cos, sin, self.head_dim)
+        out = self.attn_backend.forward(q, k, v, self.layer_id, self.num_heads, self.num_kv_heads,
+                                        self.head_dim, self.scaling, forward_batch)
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    """Gated MLP ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
+        super().__init__()
+        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias=bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block; carries the residual stream separately so the add is
+    fused into the next norm."""
+
+    def __init__(self, hf_config, layer_id: int, attn_backend: AttentionBackend, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        if getattr(hf_config, "hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={hf_config.hidden_act!r} is not supported (only 'silu')")
+        eps = hf_config.rms_norm_eps
+        self.input_layernorm = RMSNorm(hf_config.hidden_size, eps)
+        self.self_attn = LlamaAttention(hf_config, layer_id, attn_backend, qkv_bias, o_bias)
+        self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, eps)
+        self.mlp = LlamaMLP(hf_config.hidden_size, hf_config.intermediate_size,
+                            bias=bool(getattr(hf_config, "mlp_bias", False)))
+
+    def forward(self, hidden_states, residual, cos, sin, forward_batch):
+        if residual is None:
+            residual = hidden_states
+            hidden_states = self.input_layernorm(hidden_states)
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(hidden_states, cos, sin, forward_batch)
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return self.mlp(hidden_states), residual
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm: token ids ``[n]`` -> hidden ``[n, hidden]``."""
+
+    def __init__(self, hf_config, attn_backend: AttentionBackend, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(hf_config.vocab_size, hf_config.hidden_size)
+        self.rotary_emb = RotaryEmbedding(head_dim_of(hf_config), hf_config.max_position_embeddings,
+                                          rope_parameters(hf_config))
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(hf_config, i, attn_backend, qkv_bias, o_bias)
+            for i in range(hf_config.num_hidden_layers))
+        self.norm = RMSNorm(hf_config.hidden_size, hf_config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch):
+        hidden_states = self.embed_tokens(input_ids)
+        cos, sin = self.rotary_emb.cos_sin(positions, hidden_states.dtype)
+        residual = None
+        for layer in self.layers:
+            hidden_states, residual = layer(hidden_states, residual, cos, sin, forward_batch)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama causal LM.
+
+    Args:
+        hf_config: a transformers ``LlamaConfig`` (or compatible).
+        attn_backend: the AttentionBackend all layers call.
+
+    API: ``forward(forward_batch) -> [n, hidden_size]`` hidden states after the
+    final norm (one row per new token); ``compute_logits(h [m, hidden]) ->
+    [m, vocab_size]`` float32; ``load_weights(iterable of (hf_name, tensor))``.
+    """
+
+    def __init__(self, hf_config, attn_backend: AttentionBackend):
+        super().__init__()
+        self.config = hf_config
+        self.attn_backend = attn_backend
+        qkv_bias, o_bias = self.attention_biases(hf_config)
+        self.model = LlamaModel(hf_config, attn_backend, qkv_bias, o_bias)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self.lm_head = Linear(hf_config.hidden_size, hf_config.vocab_size)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def attention_biases(hf_config) -> Tuple[bool, bool]:
+        """(bias on q/k/v, bias on o_proj); Llama uses ``attention_bias`` for both."""
+        bias = bool(getattr(hf_config, "attention_bias", False))
+        return bias, bias
+
+    def forward(self, forward_batch: ForwardBatch) -> torch.Tensor:
+        """Run one step; int64 ``input_ids``/``positions`` ``[n]`` -> hidden ``[n, hidden_size]``.
+
+        New tokens' K/V are written into ``forward_batch.token_to_kv_pool``."""
+        self.attn_backend.init_forward_metadata(forward_batch)
+        return self.model(forward_batch.input_ids, forward_batch.positions, forward_batch)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[m, hidden_size]`` -> float32 logits ``[m, vocab_size]``."""
+        return self.lm_head(hidden_states).float()
+
+    def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named checkpoint tensors into our (partly fused) parameters.
+
+        ``q/k/v_proj`` go into shards of ``qkv_proj``; ``gate/up_proj`` into
+        ``gate_up_proj``. ``lm_head.weight`` is skipped when embeddings are
+        tied; when it is absent from the checkpoint the head is tied to the
+        embedding.
+
+        Raises:
+            ValueError: on a checkpoint name with no matching parameter, a
+                shape mismatch, or parameters left unloaded.
+        """
+        params = dict(self.named_parameters())
+        loaded = set()
+        for name, tensor in weights:
+            if name.endswith(IGNORED_WEIGHT_SUFFIXES):
+                continue
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            for fused, ckpt, shard in STACKED_PARAMS:
+                if f".{ckpt}." in name:
+                    target = name.replace(f".{ckpt}.", f".{fused}.")
+                    break
+            else:
+                target, shard = name, None
+            param = params.get(target)
+            if param is None:
+                raise ValueError(f"checkpoint weight {name!r} has no matching parameter in {type(self).__name__}")
+            loader = getattr(param, "weight_loader", None)
+            if loader is None:
+                if tuple(param.shape) != tuple(tensor.shape):
+                    raise ValueError(f"checkpoint weight {name!r} has shape {tuple(tensor.shape)}, "
+                                     f"parameter {target!r} has {tuple(param.shape)}")
+                param.data.copy_(tensor)
+            else:
+                loader(param, tensor, shard)
+            loaded.add((target, shard))
+        if "lm_head.weight" in params and ("lm_head.weight", None) not in loaded:
+            self.lm_head.weight = self.model.embed_tokens.weight
+            self.tie_word_embeddings = True
+            loaded.add(("lm_head.weight", None))
+        missing = sorted(f"{p}[{s}]" if s is not None else p
+                         for p, s in self._required_loads() - loaded)
+        if missing:
+            raise ValueError(f"checkpoint is missing weights for: {missing[:8]}"
+                             f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
+
+    def _required_loads(self) -> set:
+        """(parameter name, shard id) pairs a complete checkpoint must provide."""
+        required = set()
+        for mod_name, module in self.named_modules():
+            for p_name, _ in module.named_parameters(recurse=False):
+                full = f"{mod_name}.{p_name}" if mod_name else p_name
+                shards = module.shard_offsets() if isinstance(module, Linear) else {}
+                if shards:
+                    required.update((full, s) for s in shards)
+                else:
+                    required.add((full, None))
+        if self.tie_word_embeddings:
+            required.discard(("lm_head.weight", None))
+        return required
