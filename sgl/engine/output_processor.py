@@ -94,8 +94,7 @@ class OutputProcessor:
         if reason is None and r.grammar is not None and r.grammar.is_terminated():
             reason = self.s.grammar_finish_reason(r)
         if reason is not None:
-            r.finish_reason = reason
-            r.raw_text += r.detokenizer.flush()
+            r.finish_reason = reason  # a trailing incomplete UTF-8 character is dropped, never sent as U+FFFD
             r.text = r.stop_checker.visible_text(r.raw_text, True)
             self.s.finish(r)
         else:
