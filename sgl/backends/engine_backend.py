@@ -198,7 +198,12 @@ class EngineBackend(Backend):
         unconditional = None
         if choices_method.requires_unconditional_logprobs:
             alone = [f[k:] for f, k in zip(full_ids, starts)]
-            unconditional = [o["meta_info"]["input_token_logprobs"] for o in self._score(alone, [0] * len(alone))]
+            unconditional = []
+            for ids, o in zip(alone, self._score(alone, [0] * len(alone))):
+                lps = list(o["meta_info"]["input_token_logprobs"])
+                if len(lps) == len(ids) - 1:  # a 1-token prompt may come back without its (None, id) entry
+                    lps.insert(0, (None, ids[0], tok.decode([ids[0]])))
+                unconditional.append(lps)
         return choices_method(
             choices=list(choices),
             normalized_prompt_logprobs=normalized,
