@@ -175,7 +175,7 @@ def test_min_new_tokens_bans_eos_and_stop_tokens_until_reached():
 
 
 # ----------------------------------------------------------------- seeds
-def _run(params_list, row, steps, vocab=30, seed_logits=123):
+def _run(params_list, row, steps, vocab=30, seed_logits=123, scale=2.0):
     """Decode `steps` steps; request `row` of the batch sees the same logits
     every run; the other rows see different ones."""
     g = torch.Generator().manual_seed(seed_logits)
@@ -184,7 +184,7 @@ def _run(params_list, row, steps, vocab=30, seed_logits=123):
     sampler = Sampler()
     torch.manual_seed(len(params_list))  # global RNG differs between runs
     for _ in range(steps):
-        target = torch.randn(vocab, generator=g) * 2
+        target = torch.randn(vocab, generator=g) * scale
         logits = torch.randn(len(params_list), vocab) * 2
         logits[row] = target
         info = SamplingBatchInfo.from_params(params_list, outs, gens, vocab, "cpu")
@@ -217,6 +217,54 @@ def test_seeded_plain_row_same_with_or_without_sorting_neighbours():
     alone = _run([a], 0, 20)  # no sort at all
     assert alone == _run([SamplingParams(top_p=0.5), a], 1, 20)  # batch sorts every row
     assert alone == _run([a, SamplingParams(top_k=3)], 0, 20)  # batch takes a top-k
+
+
+# ------------------------------------------- large vocab: candidate path
+def _ref_filter(p, top_k, top_p):
+    """Reference: full sort, top-k, top-p over the renormalized top-k mass."""
+    vals, idx = p.double().sort(descending=True)
+    k = p.numel() if top_k < 0 else top_k
+    vals = vals[:k]
+    before = vals.cumsum(0) - vals
+    keep = idx[:k][before <= top_p * vals.sum()]
+    return set(keep.tolist())
+
+
+@pytest.mark.parametrize("scale,big_k,widths", [
+    (8.0, 200, [("topk", 300)]),  # peaked: the first candidates cover top-p
+    (0.05, 200, [("topk", 300), ("topk", 4096), ("sort", 6000)]),  # flat: falls back
+    (8.0, 5000, [("topk", 5000)]),
+])
+def test_top_k_top_p_candidates_match_full_sort_reference(scale, big_k, widths, monkeypatch):
+    vocab = 6000
+    torch.manual_seed(5)
+    logits = torch.randn(6, vocab) * scale
+    params = [SamplingParams(top_p=0.9), SamplingParams(top_k=300, top_p=0.8),
+              SamplingParams(top_k=40), SamplingParams(), SamplingParams(top_p=0.5, temperature=0.7),
+              SamplingParams(top_k=big_k, top_p=0.95)]
+    info = make_info(params, vocab=vocab)
+    probs = torch.softmax(logits / info.temperatures, -1)
+    calls = []
+    topk, sort = torch.Tensor.topk, torch.Tensor.sort
+    monkeypatch.setattr(torch.Tensor, "topk", lambda t, k, **kw: calls.append(("topk", k)) or topk(t, k, **kw))
+    monkeypatch.setattr(torch.Tensor, "sort", lambda t, **kw: calls.append(("sort", t.shape[-1])) or sort(t, **kw))
+    got = Sampler._top_k_top_p(probs, info)
+    monkeypatch.undo()
+    assert calls == widths
+    for i, p in enumerate(params):
+        kept = set(got[i].nonzero().squeeze(1).tolist())
+        assert kept == _ref_filter(probs[i], p.top_k, p.top_p), i
+        assert torch.equal(got[i][list(kept)], probs[i][list(kept)])  # values untouched
+    assert torch.equal(got[3], probs[3])
+
+
+def test_seeded_row_same_whether_neighbour_forces_full_sort():
+    vocab = 3000
+    a = SamplingParams(top_p=0.9, sampling_seed=99)
+    flat = SamplingParams(top_p=0.99, temperature=50.0)  # needs every candidate width
+    alone = _run([a], 0, 15, vocab=vocab, scale=6.0)  # top 256 candidates cover p=0.9
+    assert alone == _run([flat, a], 1, 15, vocab=vocab, scale=6.0)
+    assert len(set(alone)) > 3
 
 
 # ---------------------------------------------------------- distribution

@@ -9,12 +9,14 @@ Order of operations (as SGLang's ``Sampler`` and vLLM's v1 sampler):
 distribution, as HF's warpers and vLLM), min-p (Nguyen et al. 2024,
 arXiv:2407.01082: drop p < min_p * p_max), then sample.
 
-Sampling uses the exponential race (``argmax(p / E)``, ``E ~ Exp(1)`` iid,
-equivalent to Gumbel-max; the same trick as vLLM/SGLang's torch paths). A
-request with ``sampling_seed`` draws its ``E`` over the *whole vocabulary, in
-token-id order*, from its own ``torch.Generator``, so its tokens do not depend
-on which other requests share the batch (nor on the sort width). Other rows
-share the global RNG.
+Top-k/top-p work on the ``torch.topk`` candidates (a full sort only when
+top-p mass reaches past them), and filtered probabilities go back to token-id
+order. Sampling is inverse-CDF in token-id order with one uniform draw per
+row: a request with ``sampling_seed`` draws it from its own
+``torch.Generator``, so its tokens do not depend on which other requests
+share the batch (nor on the candidate width); other rows share the global
+RNG. Cost per step: softmax + topk + a float64 cumsum over ``[bs, vocab]``;
+no Python loop except one ``torch.rand`` per seeded row.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from sgl.engine.sampling.sampling_params import SamplingParams
 from sgl.registry import Registry
 
 SAMPLERS: Registry["Sampler"] = Registry("sampler")
+
+#: Candidate widths tried for top-p before a full vocabulary sort.
+TOP_P_CANDIDATES = (256, 4096)
 
 
 def make_generator(params: SamplingParams, device="cpu") -> Optional[torch.Generator]:
@@ -51,8 +56,10 @@ class SamplingBatchInfo:
             top-k is ``vocab_size``).
         greedy_mask: bool ``[bs]``, rows decoded by argmax.
         generators: per row, a request's ``torch.Generator`` or None.
-        is_all_greedy / need_top_k / need_top_p / need_min_p / max_top_k:
-            host-side flags that let the sampler skip work (no device sync).
+        is_all_greedy / need_top_k / need_top_p / need_min_p: host-side
+            flags that let the sampler skip work; max_top_k: the largest
+            enabled top-k of a sampled row (0 if none).
+        seeded_rows: sampled (non-greedy) rows that have a generator.
         frequency_penalties, presence_penalties, repetition_penalties:
             float32 ``[bs, 1]``, or None when no row has any penalty.
         penalty_state: token counts for the penalties, or None.
@@ -146,7 +153,7 @@ class SamplingBatchInfo:
             need_top_k=any(k < vocab_size for k, g in zip(top_ks, greedy) if not g),
             need_top_p=any(p.top_p < 1.0 for p, g in zip(params, greedy) if not g),
             need_min_p=any(p.min_p > 0.0 for p, g in zip(params, greedy) if not g),
-            max_top_k=max([k for k, g in zip(top_ks, greedy) if not g], default=vocab_size),
+            max_top_k=max([k for k, g in zip(top_ks, greedy) if not g and k < vocab_size], default=0),
             seeded_rows=[i for i, (g, gen) in enumerate(zip(greedy, generators))
                          if gen is not None and not g],
         )
@@ -238,35 +245,69 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
         probs = torch.softmax(logits / info.temperatures, dim=-1)
-        idx = None
-        if info.need_top_p or info.need_top_k:
-            if info.need_top_p or info.max_top_k >= info.vocab_size:
-                probs, idx = probs.sort(dim=-1, descending=True)
-            else:  # top-k only: a partial sort of width max_top_k
-                probs, idx = probs.topk(info.max_top_k, dim=-1)
-            if info.need_top_k:
-                cols = torch.arange(probs.shape[1], device=probs.device)
-                probs.masked_fill_(cols[None, :] >= info.top_ks[:, None], 0.0)
-            if info.need_top_p:
-                cum = probs.cumsum(dim=-1)
-                # mass strictly before a token exceeds top_p of the kept mass -> drop
-                probs.masked_fill_((cum - probs) > info.top_ps[:, None] * cum[:, -1:], 0.0)
+        if info.need_top_k or info.need_top_p:
+            probs = self._top_k_top_p(probs, info)
         if info.need_min_p:
             p_max = probs.amax(dim=-1, keepdim=True)
-            probs.masked_fill_(probs < p_max * info.min_ps[:, None], 0.0)
-        choice = (probs / self._exponential_noise(probs.shape, idx, info)).argmax(dim=-1)
-        if idx is None:
-            return choice
-        return idx.gather(1, choice[:, None]).squeeze(1)
+            probs = probs.masked_fill(probs < p_max * info.min_ps[:, None], 0.0)
+        return self._inverse_cdf_sample(probs, info)
 
     @staticmethod
-    def _exponential_noise(shape, idx: Optional[torch.Tensor], info: SamplingBatchInfo) -> torch.Tensor:
-        """Exp(1) noise ``[bs, width]``; seeded rows use their own generator
-        over the full vocabulary (token-id order), gathered through ``idx``."""
-        device = info.temperatures.device
-        q = torch.empty(shape, dtype=torch.float32, device=device).exponential_()
+    def _top_k_top_p(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+        """Zero the probabilities top-k / top-p drop; float32 ``[bs, vocab]``
+        in token-id order (kept entries keep their exact values).
+
+        Works on the ``width`` most likely candidates (``torch.topk``) instead
+        of a full vocabulary sort; a top-p row whose kept mass may extend past
+        the candidates (one host sync to check) retries with a wider set, up
+        to a full sort. The kept set does not depend on the width.
+        """
+        vocab = info.vocab_size
+        if info.need_top_p:
+            floor = max(info.max_top_k, TOP_P_CANDIDATES[0])
+            widths = sorted({floor, *(w for w in TOP_P_CANDIDATES if w > floor)})
+            widths = [w for w in widths if w < vocab] + [vocab]
+        else:
+            widths = [min(info.max_top_k, vocab)]
+        top_ks, top_ps = info.top_ks[:, None], info.top_ps[:, None]
+        for width in widths:
+            if width < vocab:
+                vals, idx = probs.topk(width, dim=-1)
+            else:
+                vals, idx = probs.sort(dim=-1, descending=True)
+            ranks = torch.arange(width, device=probs.device)[None, :]
+            vals = vals.masked_fill(ranks >= top_ks, 0.0)
+            has_k = top_ks <= width  # the whole top-k set is among the candidates
+            filtered = has_k
+            if info.need_top_p:
+                cum = vals.cumsum(dim=-1)
+                # top-p renormalizes over the top-k set (HF warpers / vLLM order)
+                total = torch.where(has_k, cum.gather(1, (top_ks.clamp(max=width) - 1)),
+                                    probs.sum(dim=-1, keepdim=True))
+                limit = top_ps * total
+                vals = vals.masked_fill((cum - vals) > limit, 0.0)
+                filtered = has_k | (top_ps < 1.0)
+                if width < vocab:
+                    # mass before the first non-candidate must already exceed the limit
+                    uncovered = ~has_k & (top_ps < 1.0) & ~info.greedy_mask[:, None] \
+                        & (cum[:, -1:] <= limit)
+                    if bool(uncovered.any()):
+                        continue
+            kept = torch.zeros_like(probs).scatter_(1, idx, vals)
+            return torch.where(filtered, kept, probs)
+        raise AssertionError("unreachable: the last width is the full vocabulary")
+
+    @staticmethod
+    def _inverse_cdf_sample(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+        """One token per row by inverse-CDF over the (unnormalized) probs in
+        token-id order, with ``u ~ U[0, 1)`` from the global RNG or, for a
+        seeded row, from that request's generator (one draw per step)."""
+        device = probs.device
+        cum = probs.to(torch.float64).cumsum(dim=-1)
+        total = cum[:, -1:]
+        u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=device)
         for i in info.seeded_rows:
-            full = torch.empty(info.vocab_size, dtype=torch.float32, device=device)
-            full.exponential_(generator=info.generators[i])
-            q[i] = full if idx is None else full[idx[i]]
-        return q.clamp_min_(torch.finfo(torch.float32).tiny)
+            u[i] = torch.rand(1, dtype=torch.float64, device=device, generator=info.generators[i])
+        u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+        ids = torch.searchsorted(cum, u, right=True).squeeze(1)
+        return ids.clamp_(max=info.vocab_size - 1)
