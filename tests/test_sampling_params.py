@@ -41,7 +41,7 @@ def test_from_dict_not_a_dict():
 
 @pytest.mark.parametrize("key,value", [
     ("max_new_tokens", 1.5), ("max_new_tokens", "16"), ("max_new_tokens", True),
-    ("top_k", 2.0), ("n", None), ("temperature", "hot"), ("temperature", None),
+    ("top_k", 2.0), ("temperature", "hot"), ("stop_regex", 3), ("stop_regex", ["a", None]),
     ("top_p", True), ("ignore_eos", 1), ("stop", 5), ("stop", ["a", 3]),
     ("stop_token_ids", [1, "2"]), ("stop_token_ids", 7), ("regex", 3),
     ("json_schema", 3), ("sampling_seed", 1.5), ("seed", "x"), ("logit_bias", [1, 2]),
@@ -51,6 +51,24 @@ def test_from_dict_wrong_type_names_field(key, value):
     with pytest.raises(ValueError) as e:
         SamplingParams.from_dict({key: value})
     assert ("sampling_seed" if key == "seed" else key) in str(e.value)
+
+
+def test_explicit_null_means_default():
+    p = SamplingParams.from_dict({"n": None, "temperature": None, "max_new_tokens": None,
+                                  "stop": None, "stop_regex": None, "ignore_eos": None})
+    assert p == SamplingParams().normalize()
+
+
+def test_sglang_frontend_payload_is_accepted():
+    # what sglang.lang.ir.SglSamplingParams.to_srt_kwargs() sends, plus RuntimeEndpoint's extras
+    payload = {"max_new_tokens": 16, "min_new_tokens": 0, "n": 1, "stop": [], "stop_token_ids": [],
+               "stop_regex": [], "temperature": 0.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0,
+               "frequency_penalty": 0.0, "presence_penalty": 0.0, "ignore_eos": False,
+               "regex": None, "json_schema": None, "skip_special_tokens": True,
+               "spaces_between_special_tokens": True}
+    p = SamplingParams.from_dict(payload)
+    p.verify(VOCAB)
+    assert p.is_greedy and p.stop == [] and p.stop_regex == [] and p.max_new_tokens == 16
 
 
 def test_seed_alias_and_conflict():
@@ -117,6 +135,8 @@ def test_boundary_values_are_valid():
     (dict(repetition_penalty=math.nan), "repetition_penalty"),
     (dict(stop=""), "stop"),
     (dict(stop=["ok", ""]), "stop"),
+    (dict(stop_regex="a("), "stop_regex"),
+    (dict(stop_regex=["ok", ""]), "stop_regex"),
     (dict(stop_token_ids=[VOCAB]), "stop_token_ids"),
     (dict(stop_token_ids=[-1]), "stop_token_ids"),
     (dict(stop_token_ids=[1.0]), "stop_token_ids"),

@@ -144,3 +144,20 @@ def test_old_stop_string_occurrence_not_rematched_only_new():
     assert c.check([17, 12], "xld") is None
     assert c.check([17, 12, 17], "xldx") == FinishReason.stop("x")
     assert c.visible_text("xldx", True) == "xld"
+
+
+def test_stop_regex_split_across_tokens_and_trimmed():
+    c = StopChecker(params(stop_regex=r"o\s+w"), {EOS})
+    reason, seen = stream(c, [10, 11, 12])
+    assert reason == FinishReason.stop(r"o\s+w") and seen[-1] == "Hell"
+    c = StopChecker(params(stop_regex=[r"l+d"], no_stop_trim=True), {EOS})
+    reason, seen = stream(c, [10, 11, 12, 13])
+    assert reason.matched == r"l+d" and seen[-1] == "Hello world"
+
+
+def test_stop_regex_only_new_matches_count():
+    c = StopChecker(params(min_new_tokens=2, stop_regex=r"H\w"), {EOS})
+    assert c.check([10], "Hel") is None  # match while below min_new_tokens: ignored
+    assert c.check([10, 12], "Helld") is None  # same old match: not new
+    assert c.check([10, 12, 10], "HelldHel") == FinishReason.stop(r"H\w")
+    assert c.visible_text("HelldHel", True) == "Helld"

@@ -10,11 +10,14 @@ matched string; else reaching ``max_new_tokens`` -> ``length``.
 Stop strings are searched only where new text could have completed them
 (from ``len(s) - 1`` characters before the new text), so a string split
 across tokens is found once its last piece arrives, at ``O(len(delta) +
-max_stop_len)`` cost per step.
+max_stop_len)`` cost per step. ``stop_regex`` patterns (unbounded length) are
+matched over the whole text and must end inside the new text; they are
+trimmed like stop strings, but a partial regex match is not held back.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Union
 
@@ -90,11 +93,13 @@ class StopChecker:
         self.params = params
         self.stop_strs: List[str] = params.stop_strs
         self.max_stop_len = max((len(s) for s in self.stop_strs), default=0)
+        self.stop_regexes = [re.compile(p) for p in params.stop_regex_strs]
         self.stop_token_ids = set(params.stop_token_ids or [])
         self.eos_token_ids = set() if params.ignore_eos else {int(e) for e in eos_token_ids}
         self.tokenizer = tokenizer
         self.finish_reason: Optional[FinishReason] = None
         self.stop_str_pos: Optional[int] = None  # where the matched stop string starts
+        self.stop_str_len = 0  # length of the matched text
         self._checked_len = 0  # len(text) at the previous check
 
     def check(self, output_ids: List[int], text: str) -> Optional[FinishReason]:
@@ -123,20 +128,24 @@ class StopChecker:
         return reason
 
     def _find_stop_str(self, text: str, prev: int) -> Optional[FinishReason]:
-        best_pos, best = None, None
+        best = None  # (start, length, matched)
         for s in self.stop_strs:
             pos = text.find(s, max(0, prev - len(s) + 1))  # must end in the new text
-            if pos != -1 and (best_pos is None or pos < best_pos):
-                best_pos, best = pos, s
+            if pos != -1 and (best is None or pos < best[0]):
+                best = (pos, len(s), s)
+        for rx in self.stop_regexes:
+            m = next((m for m in rx.finditer(text) if m.end() > prev and m.end() > m.start()), None)
+            if m is not None and (best is None or m.start() < best[0]):
+                best = (m.start(), m.end() - m.start(), rx.pattern)
         if best is None:
             return None
-        self.stop_str_pos = best_pos
-        return FinishReason.stop(best)
+        self.stop_str_pos, self.stop_str_len, matched = best
+        return FinishReason.stop(matched)
 
     def visible_text(self, text: str, finished: bool) -> str:
         """The part of ``text`` that may be returned or streamed.
 
-        Finished by a stop string: cut before it (``no_stop_trim``: keep it,
+        Finished by a stop string (or stop_regex match): cut before it (``no_stop_trim``: keep it,
         and drop anything after it). Finished by a stop token with a
         tokenizer: its text removed unless ``no_stop_trim``. Other finishes:
         ``text``. Unfinished: ``text`` minus its longest suffix that is a
@@ -158,7 +167,7 @@ class StopChecker:
         if reason is None or reason.type != "stop":
             return text
         if isinstance(reason.matched, str) and self.stop_str_pos is not None:
-            end = self.stop_str_pos + (len(reason.matched) if self.params.no_stop_trim else 0)
+            end = self.stop_str_pos + (self.stop_str_len if self.params.no_stop_trim else 0)
             return text[:end]
         if isinstance(reason.matched, int) and self.tokenizer is not None and not self.params.no_stop_trim:
             tok_text = self.tokenizer.decode(

@@ -39,7 +39,8 @@ TOP_P_CANDIDATES = (256, 4096)
 def make_generator(params: SamplingParams, device="cpu") -> Optional[torch.Generator]:
     """A request's private RNG: ``torch.Generator(device)`` seeded with
     ``params.sampling_seed``, or None when no seed was given. Create it once
-    per request and pass it every step (its state advances as it samples)."""
+    per request and pass it every step (its state advances as it samples).
+    A CPU generator also works for GPU logits (one scalar copy per step)."""
     if params.sampling_seed is None:
         return None
     return torch.Generator(device=device).manual_seed(int(params.sampling_seed))
@@ -306,8 +307,9 @@ class Sampler:
         cum = probs.to(torch.float64).cumsum(dim=-1)
         total = cum[:, -1:]
         u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=device)
-        for i in info.seeded_rows:
-            u[i] = torch.rand(1, dtype=torch.float64, device=device, generator=info.generators[i])
+        for i in info.seeded_rows:  # drawn where the generator lives (CPU generators work on GPU)
+            g = info.generators[i]
+            u[i] = torch.rand(1, dtype=torch.float64, device=g.device, generator=g).to(device)
         u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
         ids = torch.searchsorted(cum, u, right=True).squeeze(1)
         return ids.clamp_(max=info.vocab_size - 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
@@ -46,6 +47,8 @@ class SamplingParams:
             EOS/stop tokens masked in the sampler) until this many tokens exist.
         stop: stop string(s); the output text is cut before the first match.
         stop_token_ids: extra token ids that end generation like EOS.
+        stop_regex: stop pattern(s) (Python ``re``), matched against the
+            output text like stop strings (sent by SGLang's frontend).
         temperature: softmax temperature; 0 means greedy (argmax).
         top_p: nucleus sampling mass in (0, 1]; 1 disables.
         top_k: keep the k most likely tokens; -1 disables, 1 is greedy.
@@ -72,6 +75,7 @@ class SamplingParams:
     min_new_tokens: int = 0
     stop: Optional[Union[str, List[str]]] = None
     stop_token_ids: Optional[List[int]] = None
+    stop_regex: Optional[Union[str, List[str]]] = None
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -101,7 +105,8 @@ class SamplingParams:
         """Build from a JSON-like dict (None or {} gives the defaults).
 
         Type checks are done here; range checks need the vocabulary size and
-        are done by :meth:`verify`. The result is :meth:`normalize`-d.
+        are done by :meth:`verify`. An explicit null means the field's default
+        (as SGLang's server treats it). The result is :meth:`normalize`-d.
 
         Raises:
             ValueError: ``d`` is not a dict, has unknown keys (the message
@@ -125,7 +130,7 @@ class SamplingParams:
                 value = kwargs.pop(alias)
                 if kwargs.get(name) is None:
                     kwargs[name] = value
-        params = cls(**kwargs)
+        params = cls(**{k: v for k, v in kwargs.items() if v is not None})
         params._check_types()
         return params.normalize()
 
@@ -143,10 +148,11 @@ class SamplingParams:
             v = getattr(self, name)
             if v is not None and not _is_int(v):
                 raise ValueError(f"{name} must be an int or null, got {v!r}")
-        s = self.stop
-        if s is not None and not isinstance(s, str):
-            if not isinstance(s, (list, tuple)) or not all(isinstance(x, str) for x in s):
-                raise ValueError(f"stop must be a string or a list of strings, got {s!r}")
+        for name in ("stop", "stop_regex"):
+            s = getattr(self, name)
+            if s is not None and not isinstance(s, str):
+                if not isinstance(s, (list, tuple)) or not all(isinstance(x, str) for x in s):
+                    raise ValueError(f"{name} must be a string or a list of strings, got {s!r}")
         ids = self.stop_token_ids
         if ids is not None:
             if not isinstance(ids, (list, tuple, set)) or not all(_is_int(x) for x in ids):
@@ -167,15 +173,12 @@ class SamplingParams:
                     raise ValueError(f"logit_bias[{k!r}] must be a number, got {v!r}")
 
     def normalize(self) -> "SamplingParams":
-        """Canonical forms, in place: ``stop`` -> list[str] (``[]`` if None),
+        """Canonical forms, in place: ``stop`` and ``stop_regex`` -> list[str]
+        (``[]`` if None),
         ``stop_token_ids`` -> list[int], ``json_schema`` dict -> JSON string,
         ``logit_bias`` keys -> int. Returns ``self``."""
-        if self.stop is None:
-            self.stop = []
-        elif isinstance(self.stop, str):
-            self.stop = [self.stop]
-        else:
-            self.stop = list(self.stop)
+        self.stop = self.stop_strs
+        self.stop_regex = self.stop_regex_strs
         if self.stop_token_ids is not None:
             self.stop_token_ids = list(self.stop_token_ids)
         if isinstance(self.json_schema, dict):
@@ -217,6 +220,13 @@ class SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if any(s == "" for s in stops):
             raise ValueError("stop strings must be non-empty")
+        for pattern in self.stop_regex_strs:
+            if pattern == "":
+                raise ValueError("stop_regex patterns must be non-empty")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"stop_regex {pattern!r} is not a valid regex: {e}") from None
         for t in self.stop_token_ids or []:
             if not 0 <= t < vocab_size:
                 raise ValueError(f"stop_token_ids entry {t} is outside the vocabulary [0, {vocab_size})")
@@ -245,6 +255,13 @@ class SamplingParams:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def stop_regex_strs(self) -> List[str]:
+        """The stop regexes as a list (whether or not normalized)."""
+        if self.stop_regex is None:
+            return []
+        return [self.stop_regex] if isinstance(self.stop_regex, str) else list(self.stop_regex)
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-serializable dict that :meth:`from_dict` accepts back."""
