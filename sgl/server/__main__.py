@@ -1,38 +1,41 @@
-"""``python -m sgl.server key=value ...``: build an ``sgl.Engine`` and serve it.
+"""``python -m sgl.server key=value ...``: compose the config, build an ``sgl.Engine``, serve it.
 
-A small stand-alone entry (``python -m sgl.launch`` is the full Hydra one).
-Keys ``server.host``, ``server.port``, ``server.api_key``,
-``server.served_model_name``, ``server.log_requests`` configure the HTTP layer;
-every other ``key=value`` is passed to ``sgl.Engine(**overrides)`` with the value
-parsed as YAML (``cache=none``, ``max_total_tokens=4096``, ``log_interval=0``).
+A light twin of ``python -m sgl.launch`` (same config and overrides, no Hydra
+app: no output directories, no ``+experiment``). Each token is either a Hydra
+override (``cache=none``, ``scheduler.max_total_tokens=4096``,
+``server.port=30010``, ``server.api_key=secret``) or an ``sgl.Engine`` keyword
+with a bare field name (``max_total_tokens=4096``, ``log_interval=0``), whose
+value is parsed as YAML.
 """
 
 from __future__ import annotations
 
 import sys
 
-import yaml
-
 USAGE = __doc__
 
 
-def parse_overrides(argv: list[str]) -> tuple[dict, dict]:
-    """Split ``key=value`` tokens into (server settings, engine overrides).
+def to_overrides(argv: list[str]) -> list[str]:
+    """Hydra overrides for the tokens of ``argv`` (see the module docstring).
 
     Raises:
-        ValueError: a token without ``=``.
+        ValueError: a token that is not ``key=value``, or an unknown bare field name.
     """
-    server, engine = {}, {}
+    import yaml
+
+    from sgl.config import GROUPS, kwargs_to_overrides
+
+    out: list[str] = []
     for token in argv:
         key, sep, raw = token.partition("=")
-        if not sep or not key:
+        bare = key.lstrip("+~")
+        if not sep or not bare:
             raise ValueError(f"expected key=value, got {token!r}")
-        value = yaml.safe_load(raw) if raw != "" else ""
-        if key.startswith("server."):
-            server[key[len("server."):]] = value
+        if "." in bare or bare in GROUPS or bare == "experiment" or key != bare:
+            out.append(token)
         else:
-            engine[key.lstrip("+")] = value
-    return server, engine
+            out.extend(kwargs_to_overrides({bare: yaml.safe_load(raw) if raw else ""}))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,14 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return
-    server, overrides = parse_overrides(argv)
-    import sgl
+    from sgl.config import compose_config
+    from sgl.engine.engine import Engine
     from sgl.server.serve import serve, setup_logging
 
     setup_logging()
-    engine = sgl.Engine(**overrides)
+    cfg = compose_config(to_overrides(argv))
+    engine = Engine(config=cfg)
     try:
-        serve(engine, **server)
+        serve(engine, cfg.server.host, cfg.server.port, cfg.server.api_key,
+              log_requests=cfg.server.log_requests)
     finally:
         engine.shutdown()
 

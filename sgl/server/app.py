@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from sgl.server.errors import install_error_handlers
 from sgl.server.generation import GenerationService
 from sgl.server.metrics import ServerMetrics
-from sgl.server.middleware import AccessLogMiddleware, APIKeyMiddleware
+from sgl.server.middleware import AccessLogMiddleware, APIKeyMiddleware, JSONContentTypeMiddleware
 
 
 @dataclass
@@ -114,6 +114,7 @@ def create_app(engine: Any, server_config: Any = None) -> FastAPI:
         route = path if path in known_paths else "other"
         metrics.requests.labels(route=route, status=str(status)).inc()
 
+    app.add_middleware(JSONContentTypeMiddleware)
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(AccessLogMiddleware, log=settings.log_requests, on_finish=count)

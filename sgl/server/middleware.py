@@ -95,3 +95,22 @@ class AccessLogMiddleware:
         access_logger.info('%s - "%s %s HTTP/%s" %d %.3fs%s', who, scope.get("method"), path,
                            scope.get("http_version", "1.1"), status["code"],
                            time.perf_counter() - start, note)
+
+
+class JSONContentTypeMiddleware:
+    """Treat every POST body as JSON, whatever its ``Content-Type`` says.
+
+    All POST routes take JSON; ``curl -d '{...}'`` sends
+    ``application/x-www-form-urlencoded``, which FastAPI would otherwise not
+    parse as JSON (the request would fail validation with a confusing message).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = dict(scope, headers=headers)
+        await self.app(scope, receive, send)
