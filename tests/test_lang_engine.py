@@ -5,7 +5,9 @@ for the whole session (the ``engine`` fixture in conftest.py).
 """
 
 import importlib.util
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -228,9 +230,17 @@ def test_dtype_and_regex_need_grammar(backend, engine):
 
     st = prog.run(backend=backend, temperature=0.0)
     int(st["n"])
-    import re
-
     assert re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", st["ip"])
+
+    schema = {"type": "object", "properties": {"legs": {"type": "integer"}}, "required": ["legs"]}
+
+    @L.function
+    def with_schema(s):
+        s += L.user("How many legs does a spider have? Answer in JSON.")
+        s += L.assistant(L.gen("j", max_tokens=24, json_schema=json.dumps(schema)))
+
+    st = with_schema.run(backend=backend, temperature=0.0)
+    assert isinstance(json.loads(st["j"])["legs"], int)
 
 
 def test_frontend_tour_runs_end_to_end(backend, engine, capsys):

@@ -279,3 +279,23 @@ def test_bad_inputs_give_clear_errors():
         qa.run_batch([{"question": "q"}], backend=FakeBackend(), num_threads=0)
     with pytest.raises(TypeError, match="expected a Backend"):
         qa.run(question="q", backend=object())
+
+
+def test_worker_threads_exit_and_finished_state_is_closed():
+    before = threading.active_count()
+
+    @L.function
+    def prog(s):
+        s += "x" + L.gen("a", max_tokens=1)
+        forks = s.fork(3)
+        forks += L.gen("b", max_tokens=1)
+        forks.join()
+
+    states = prog.run_batch([{}] * 4, backend=FakeBackend(), num_threads=2)
+    assert [len(st["b"]) for st in states] == [3, 3, 3, 3]
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
+    with pytest.raises(RuntimeError, match="has finished"):
+        states[0] += "more"

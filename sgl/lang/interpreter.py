@@ -100,7 +100,11 @@ class StreamExecutor:
         Raises:
             ValueError: nested roles, an end for a role that is not open, an
                 unknown role, or an image on a text-only backend.
+            RuntimeError: the program has already finished.
         """
+        if self._ended:
+            raise RuntimeError("this program state has finished; it cannot be appended to "
+                               "(run the program again, or append inside the program)")
         role = self.submit_role
         for leaf in iter_leaves(expr):
             if isinstance(leaf, SglRoleBegin):
