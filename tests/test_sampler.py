@@ -159,6 +159,14 @@ def test_penalty_state_update_filter_merge_match_build():
         PenaltyState.build([[7]], vocab)
 
 
+def test_caller_kept_penalty_state_is_used():
+    st = PenaltyState.build([[0, 0]], 3)
+    info = make_info([SamplingParams(frequency_penalty=1.0)], output_ids=[[]], vocab=3, penalty_state=st)
+    assert Sampler.process_logits(torch.zeros(1, 3), info).tolist() == [[-2.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="penalty_state"):
+        make_info([SamplingParams(frequency_penalty=1.0)] * 2, vocab=3, penalty_state=st)
+
+
 def test_no_penalty_state_without_penalties():
     info = make_info([SamplingParams()], output_ids=[[1, 2]])
     assert info.penalty_state is None and info.logit_bias is None and info.min_tokens_ban is None

@@ -131,7 +131,8 @@ class SamplingBatchInfo:
                 ``output_ids`` (cost: see ``penalties.py``).
 
         Raises:
-            ValueError: list lengths differ from ``len(params)``.
+            ValueError: list lengths (or penalty_state rows) differ from
+                ``len(params)``; a token id is outside the vocabulary.
         """
         bs = len(params)
         for name, seq in (("output_ids", output_ids), ("generators", generators)):
@@ -165,8 +166,13 @@ class SamplingBatchInfo:
             info.frequency_penalties = col("frequency_penalty")
             info.presence_penalties = col("presence_penalty")
             info.repetition_penalties = col("repetition_penalty")
-            info.penalty_state = penalty_state or PenaltyState.build(
-                output_ids, vocab_size, device, prompt_ids)
+            if penalty_state is None:
+                need_prompt = any(p.repetition_penalty != 1 for p in params)
+                penalty_state = PenaltyState.build(
+                    output_ids, vocab_size, device, prompt_ids if need_prompt else None)
+            elif penalty_state.batch_size != bs:
+                raise ValueError(f"penalty_state has {penalty_state.batch_size} rows, expected {bs}")
+            info.penalty_state = penalty_state
         bias = [(i, int(t), float(v)) for i, p in enumerate(params)
                 for t, v in (p.logit_bias or {}).items()]
         if bias:
@@ -232,7 +238,8 @@ class Sampler:
         if (info.logit_bias is None and info.penalty_state is None
                 and info.min_tokens_ban is None and info.vocab_mask is None):
             return x
-        x = x.clone()
+        if x is logits:  # .float() already copied lower-precision logits
+            x = x.clone()
         if info.logit_bias is not None:
             apply_logit_bias(x, *info.logit_bias)
         if info.penalty_state is not None:
@@ -313,3 +320,6 @@ class Sampler:
         u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
         ids = torch.searchsorted(cum, u, right=True).squeeze(1)
         return ids.clamp_(max=info.vocab_size - 1)
+
+
+SAMPLERS.register("default")(Sampler)  # the name configs/sampler/default.yaml uses
