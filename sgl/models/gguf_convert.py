@@ -75,6 +75,7 @@ def ensure_converted(gguf_path: str, cache_dir: Optional[str] = None) -> Path:
     try:
         t0 = time.perf_counter()
         convert_gguf(gguf_path, tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         try:
             os.rename(tmp, target)
         except OSError:

@@ -108,6 +108,27 @@ def iter_safetensors(model_dir: Path) -> Iterator[Tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(model_dir: Path):
+    """The directory's tokenizer, offline.
+
+    A tokenizer saved under a generic class name (``TokenizersBackend`` /
+    ``PreTrainedTokenizerFast``) is loaded as exactly that: transformers'
+    AutoTokenizer would otherwise pick a class from the config's
+    ``model_type`` and rebuild the tokenizer from its vocabulary, losing a
+    non-BPE model.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok_cfg = Path(model_dir) / "tokenizer_config.json"
+    declared = json.loads(tok_cfg.read_text()).get("tokenizer_class") if tok_cfg.is_file() else None
+    if declared in GENERIC_TOKENIZER_CLASSES:
+        return PreTrainedTokenizerFast.from_pretrained(model_dir, local_files_only=True)
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
 @contextlib.contextmanager
 def default_dtype(dtype: torch.dtype):
     """Temporarily set torch's default floating dtype (restored on exit)."""
@@ -154,7 +175,7 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         ValueError: not a model dir / GGUF file, corrupt file, unsupported
             architecture, missing tokenizer, or weights that do not fit.
     """
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     model_path = str(model_path or default_model_path())
     model_dir = resolve_model_dir(model_path, cache_dir)
@@ -163,7 +184,7 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
     except Exception as e:
         raise ValueError(f"cannot read config.json in {model_dir}: {e}") from e
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = load_tokenizer(model_dir)
     except Exception as e:
         raise ValueError(f"cannot load a tokenizer from {model_dir}: {e}") from e
     context_len = getattr(hf_config, "max_position_embeddings", None)
