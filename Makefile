@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(PY) -m sgl.launch +experiment=generate
+	$(PY) -m sgl.launch +experiment=frontend_tour
 
 serve: install
 	$(PY) -m sgl.launch

@@ -86,3 +86,19 @@ def test_cache_none_same_output_and_pool_returns(engine, chat_prompts):
         assert info["available_kv_tokens"] == info["max_total_num_tokens"] == 2048
     finally:
         none.shutdown()
+
+
+@pytest.mark.slow
+def test_in_batch_prefix_sharing(engine):
+    """Requests arriving together with a long shared prefix compute it once (the others wait a step)."""
+    tok = engine.tokenizer
+    system = "You are a helpful librarian. Always answer briefly and politely. " * 8
+    prompts = [tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
+                                       tokenize=False, add_generation_prompt=True)
+               for q in ["Hi", "Where are the maps?", "Do you have novels?", "When do you close?"]]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    shared = next(i for i, col in enumerate(zip(*ids)) if len(set(col)) > 1)
+    engine.flush_cache()
+    outs = engine.generate(prompts, {"temperature": 0, "max_new_tokens": 2})
+    cached = sorted(o["meta_info"]["cached_tokens"] for o in outs)
+    assert cached[0] == 0 and all(c >= shared for c in cached[1:])

@@ -4,7 +4,7 @@ detokenization, stop conditions and delivery of results to the request's sink.""
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -27,18 +27,18 @@ class OutputProcessor:
         nxt = torch.tensor(r.input_ids[first_pos + 1:first_pos + 1 + logits.shape[0]], dtype=torch.int64)
         vals = lp[torch.arange(nxt.numel()), nxt]
         tok = self.s.tokenizer if r.logprob.return_text else None
-        if first_pos == 0 and r.logprob.start_len == 0:  # the first prompt token has no logprob
-            r.input_token_logprobs.append((None, r.input_ids[0], self._tok_text(r, r.input_ids[0])))
-            if r.logprob.top_logprobs_num:
-                r.input_top_logprobs.append(None)
         r.input_token_logprobs.extend(to_triples(vals, nxt, tok))
         if r.logprob.top_logprobs_num:
             tv, ti = get_top_logprobs(lp, r.logprob.top_logprobs_num)
             for i in range(nxt.numel()):
                 r.input_top_logprobs.append(to_triples(tv[i], ti[i], tok))
 
-    def _tok_text(self, r: Req, token_id: int) -> Optional[str]:
-        return self.s.tokenizer.decode([token_id]) if r.logprob.return_text else None
+    def record_first_input_logprob(self, r: Req) -> None:
+        """The first prompt token has no logprob: ``(None, token_id, text)``."""
+        text = self.s.tokenizer.decode([r.input_ids[0]]) if r.logprob.return_text else None
+        r.input_token_logprobs.append((None, r.input_ids[0], text))
+        if r.logprob.top_logprobs_num:
+            r.input_top_logprobs.append(None)
 
     # ------------------------------------------------------------ sampling
     def sample(self, reqs: Sequence[Req], logits: torch.Tensor) -> torch.Tensor:

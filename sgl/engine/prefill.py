@@ -8,7 +8,10 @@ prefix cache so only the uncached part is extended. A prompt longer than
 ``chunked_prefill_size`` is split into chunks over several steps (chunked
 prefill). Admission reserves ``new_token_ratio`` of every running request's
 remaining ``max_new_tokens`` so decode rarely runs out of KV (retraction
-handles it when it does).
+handles it when it does). In-batch prefix caching (as SGLang's lpm does): a
+waiting request that shares at least IN_BATCH_PREFIX_THRESHOLD uncached tokens
+with a request already in this batch waits one step, then hits the cache
+instead of recomputing the shared prefix.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class PrefillBatch:
     @property
     def out_cache_loc(self) -> torch.Tensor:
         return torch.cat(self.slots)
+
+
+IN_BATCH_PREFIX_THRESHOLD = 32  # tokens; SGLang's in-batch prefix caching threshold
 
 
 class PrefillAdder:
@@ -82,7 +88,10 @@ class PrefillAdder:
         for r in waiting:
             if len(admitted) >= max_new or self.budget <= 0:
                 break
-            m = s.cache.match_prefix(r.fill_ids[:match_limit(r)])
+            ids = r.fill_ids
+            m = s.cache.match_prefix(ids[:match_limit(r)])
+            if self._shares_with_batch(ids, m.prefix_len + IN_BATCH_PREFIX_THRESHOLD):
+                continue  # a request in this batch computes the shared prefix; reuse it next step
             full = r.seq_len - m.prefix_len
             ext = min(full, self.chunk, self.budget)
             if ext < full and self.batch.reqs and ext < min(self.chunk, 64):
@@ -114,6 +123,13 @@ class PrefillAdder:
             admitted.append(r)
         for r in admitted:
             waiting.remove(r)
+
+    def _shares_with_batch(self, ids, k: int) -> bool:
+        """True if a request admitted in this batch has the same first ``k`` tokens (and more)."""
+        if k >= len(ids) - 1:
+            return False
+        head = ids[:k]
+        return any(a.seq_len > k and a.fill_ids[:k] == head for a in self.batch.new_reqs)
 
     def _take(self, r: Req, ext: int, slots: torch.Tensor) -> None:
         self.s.req_to_token_pool.write(r.req_pool_idx, r.kv_len, slots)

@@ -168,6 +168,8 @@ class Scheduler:
         for r, ext in zip(batch.reqs, batch.extend_lens):
             start = r.kv_len
             if r.logprob.start_len is not None and not r.input_logprobs_done:
+                if r.logprob.start_len == 0 and start == 0:
+                    self.outputs.record_first_input_logprob(r)
                 lo = max(max(r.logprob.start_len - 1, 0), start)
                 hi = min(len(r.input_ids) - 1, start + ext)
                 if hi > lo:
@@ -185,8 +187,11 @@ class Scheduler:
         self.stats.on_prefill(batch, self)
         done = {id(r) for r, _ in sample_reqs}
         for r in batch.reqs:
-            if id(r) not in done:  # more chunks to go: let the cache own what is computed so far
+            # Let the cache own the prompt KV computed so far (every prompt chunk, as SGLang does), so
+            # later requests sharing it hit the cache while this one is still running.
+            if not r.output_ids:
                 self._cache_unfinished(r)
+            if id(r) not in done:
                 self.pending.append(r)
         to_sample = []
         for r, i in sample_reqs:
