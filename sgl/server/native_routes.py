@@ -18,7 +18,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from sgl.server.encoding import SafeJSONResponse
-from sgl.server.errors import APIError, error_body
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from sgl.server.errors import APIError, error_body, format_validation_error
 from sgl.server.protocol import AbortReq, FlushCacheReq, GenerateReqInput, TokenizeReq
 from sgl.server.sse import DONE_EVENT, EventStreamResponse, sse_event
 
@@ -133,8 +136,9 @@ async def _optional_body(request: Request, model: type) -> Any:
         raise APIError("The request body must be a JSON object.")
     try:
         return model.model_validate(data)
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        raise APIError(str(exc).replace("\n", " ")) from exc
+    except ValidationError as exc:
+        message, param = format_validation_error(RequestValidationError(exc.errors()))
+        raise APIError(message, param=param) from exc
 
 
 @router.api_route("/flush_cache", methods=["GET", "POST"])
