@@ -4,6 +4,9 @@ reference; the Triton backend vs the torch backend under TRITON_INTERPRET=1."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,11 +54,11 @@ def attend(backend, fb, layer_id, num_heads, num_kv_heads, gen):
     return out, ref.reshape(n, -1)
 
 
-def scenario(backend_name, num_heads, num_kv_heads, seed=0):
+def scenario(backend_name, num_heads, num_kv_heads, seed=0, **backend_kw):
     """Yields (out, ref) for: a batched prefill, an extend over cached and shared
     prefixes, batched decode steps with unequal lengths, and batch-1 steps."""
     gen = torch.Generator().manual_seed(seed)
-    backend = make_attention_backend(backend_name)
+    backend = make_attention_backend(backend_name, **backend_kw)
     book = KVBook(num_layers=2, num_kv_heads=num_kv_heads, head_dim=HEAD_DIM, seed=seed)
     rows = [book.new_request() for _ in range(3)]
     yield attend(backend, book.extend(rows, [[1] * 7, [1] * 2, [1] * 12]), 0, num_heads, num_kv_heads, gen)
@@ -94,17 +97,41 @@ def test_extend_rejects_empty_request():
         make_attention_backend("torch").init_forward_metadata(fb)
 
 
-@pytest.fixture
-def triton_interpret(monkeypatch):
-    """Triton kernels run on CPU tensors through Triton's interpreter."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def compare_triton_to_torch(num_heads: int, num_kv_heads: int) -> int:
+    """Run the scenario through both backends; returns the number of steps compared.
+    Small tiles and splits make the online softmax cross key blocks and decode merge splits."""
+    triton_kw = dict(block_m=8, block_n=8, split_tokens=4, max_kv_splits=4)
+    steps = 0
+    for (out_tr, _), (out_ref, _) in zip(scenario("triton", num_heads, num_kv_heads, seed=4, **triton_kw),
+                                         scenario("torch", num_heads, num_kv_heads, seed=4)):
+        torch.testing.assert_close(out_tr, out_ref, atol=ATOL, rtol=0)
+        steps += 1
+    return steps
 
 
 @pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 2), (6, 1)])
-def test_triton_backend_matches_torch(triton_interpret, num_heads, num_kv_heads):
-    if not torch.cuda.is_available():
-        assert os.environ["TRITON_INTERPRET"] == "1"
-    for (out_tr, _), (out_ref, _) in zip(scenario("triton", num_heads, num_kv_heads, seed=4),
-                                         scenario("torch", num_heads, num_kv_heads, seed=4)):
-        torch.testing.assert_close(out_tr, out_ref, atol=ATOL, rtol=0)
+def test_triton_backend_matches_torch(num_heads, num_kv_heads):
+    """Triton kernels vs the torch backend. On CPU they run under Triton's
+    interpreter, which must be switched on before triton is first imported,
+    hence a fresh interpreter process."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        assert compare_triton_to_torch(num_heads, num_kv_heads) == 7
+        return
+    here = Path(__file__).resolve().parent
+    code = (f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]\n"
+            f"from test_attention import compare_triton_to_torch\n"
+            f"print('steps', compare_triton_to_torch({num_heads}, {num_kv_heads}))")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip().endswith("steps 7")
+
+
+def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        make_attention_backend("triton")
