@@ -88,11 +88,6 @@ class GenerateReqInput(BaseModel):
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Engine.generate`` / ``Engine.async_generate``."""
-        image = self.image_data
-        if isinstance(image, list) and not self.is_batch:
-            if len(image) != 1:
-                raise ValueError("'image_data' for a single prompt must be one image.")
-            image = image[0]
         return dict(
             prompt=self.text,
             input_ids=self.input_ids,
@@ -101,7 +96,7 @@ class GenerateReqInput(BaseModel):
             logprob_start_len=self.logprob_start_len,
             top_logprobs_num=self.top_logprobs_num,
             return_text_in_logprobs=self.return_text_in_logprobs,
-            image_data=image,
+            image_data=self.image_data,
         )
 
 
