@@ -103,6 +103,13 @@ def _accepts(dfa, s):
     return st != dfa.dead and bool(dfa.accepting[st])
 
 
+def test_draft4_boolean_exclusive_bounds():
+    schema = {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer",
+              "minimum": 3, "exclusiveMinimum": True, "maximum": 6, "exclusiveMaximum": True}
+    rx = re.compile(build_regex_from_schema(schema))
+    assert [i for i in range(10) if rx.fullmatch(str(i))] == [4, 5]
+
+
 def test_whitespace_pattern_is_used():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     tight = ByteDFA(build_regex_from_schema(schema, whitespace_pattern=""))

@@ -16,6 +16,11 @@ time, uuid), integer ``minimum`` / ``maximum`` / ``exclusiveMinimum`` /
 ``allOf``, and ``$ref`` to ``#``, ``#/$defs/...`` or ``#/definitions/...``
 (not recursive).  Annotations (title, description, default, examples, ...)
 are ignored.  Anything else raises ValueError naming the keyword.
+
+Known gaps: ``oneOf`` alternatives are not made mutually exclusive (output
+matching two of them fails ``oneOf`` validation); a ``pattern`` is inserted
+between the quotes as-is, so a pattern that can produce ``"``, ``\\`` or
+control characters can yield invalid JSON; numbers take no bounds.
 """
 
 from __future__ import annotations
@@ -249,16 +254,15 @@ class _Converter:
 
     def integer(self, s: Dict, where: str) -> str:
         lo = hi = None
-        if "minimum" in s:
-            lo = math.ceil(s["minimum"])
-        if "exclusiveMinimum" in s:
-            x = s["exclusiveMinimum"]
-            lo = max(lo if lo is not None else -math.inf, math.floor(x) + 1)
+        ex_lo, ex_hi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
+        if "minimum" in s:  # draft 4: exclusiveMinimum is a bool modifying minimum
+            lo = math.floor(s["minimum"]) + 1 if ex_lo is True else math.ceil(s["minimum"])
         if "maximum" in s:
-            hi = math.floor(s["maximum"])
-        if "exclusiveMaximum" in s:
-            x = s["exclusiveMaximum"]
-            hi = min(hi if hi is not None else math.inf, math.ceil(x) - 1)
+            hi = math.ceil(s["maximum"]) - 1 if ex_hi is True else math.floor(s["maximum"])
+        if ex_lo is not None and not isinstance(ex_lo, bool):
+            lo = max(lo if lo is not None else -math.inf, math.floor(ex_lo) + 1)
+        if ex_hi is not None and not isinstance(ex_hi, bool):
+            hi = min(hi if hi is not None else math.inf, math.ceil(ex_hi) - 1)
         if lo is None and hi is None:
             return INTEGER
         try:

@@ -48,13 +48,12 @@ _BYTE_LEVEL_TRANSLATE = {ord(c): chr(b) for b, c in bytes_to_unicode().items()}
 
 def _decoder_kind(tokenizer, pieces: Sequence[Optional[str]]) -> str:
     """'byte_level' | 'sentencepiece' | 'plain' for the tokenizer's decoder."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        try:
-            decoder = json.loads(backend.to_str()).get("decoder") or {}
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if decoder is not None:
+        try:  # the decoder's own JSON (a Sequence lists its parts)
+            text = json.dumps(json.loads(decoder.__getstate__()))
         except Exception:  # pragma: no cover - exotic backends
-            decoder = {}
-        text = json.dumps(decoder)
+            text = ""
         if '"ByteLevel"' in text:
             return "byte_level"
         if '"ByteFallback"' in text or '"Metaspace"' in text:
