@@ -60,16 +60,20 @@ def test_module_entry_maps_engine_keywords_to_overrides():
 
 @pytest.mark.slow
 def test_sgl_launch_serve_mode():
-    proc, port = launch_server_cmd("python -m sgl.launch scheduler.max_total_tokens=4096 scheduler.log_interval=0",
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port = launch_server_cmd("python -m sgl.launch scheduler.max_total_tokens=4096 scheduler.log_interval=0 "
+                                   "server.api_key=t0ken", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for_server(url, timeout=300, process=proc)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="t0ken", max_retries=0)
         res = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
         assert res.usage.completion_tokens == 3
-        info = requests.get(url + "/get_server_info", timeout=30).json()
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        res = requests.get(url + "/get_server_info", headers={"Authorization": "Bearer t0ken"}, timeout=30)
+        info = res.json()
         assert info["max_total_num_tokens"] == 4096 and info["server"]["port"] == port
+        assert "t0ken" not in res.text and info["config"]["server"]["api_key"] == "***"
     finally:
         terminate_process(proc)
     assert proc.returncode is not None

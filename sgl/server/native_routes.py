@@ -14,13 +14,12 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from sgl.server.encoding import SafeJSONResponse
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
-
 from sgl.server.errors import APIError, error_body, format_validation_error
 from sgl.server.protocol import AbortReq, FlushCacheReq, GenerateReqInput, TokenizeReq
 from sgl.server.sse import DONE_EVENT, EventStreamResponse, sse_event
@@ -94,12 +93,21 @@ async def tokenize(req: TokenizeReq, request: Request) -> Response:
     return SafeJSONResponse({"tokens": ids[0], "count": len(ids[0])})
 
 
+def _redact(obj: Any) -> Any:
+    """A copy with every ``api_key`` value replaced by ``"***"`` (the engine config holds it too)."""
+    if isinstance(obj, dict):
+        return {k: ("***" if k == "api_key" and v else _redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    return obj
+
+
 @router.get("/get_server_info")
 @router.get("/server_info")
 async def get_server_info(request: Request) -> Response:
     """Engine config, version, cache and pool stats, plus this server's settings (key redacted)."""
     state = _state(request)
-    info = dict(await run_in_threadpool(state.engine.get_server_info))
+    info = _redact(dict(await run_in_threadpool(state.engine.get_server_info)))
     info["server"] = state.server_settings.public_dict()
     info["num_inflight_http_requests"] = len(state.generation.inflight)
     return SafeJSONResponse(info)
