@@ -15,28 +15,14 @@ import regex as regex_mod
 import torch
 
 from sgl.grammar import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, BuiltinGrammarBackend, make_grammar_backend
+from sgl.grammar.examples import CHARACTER_REGEX, IPV4_REGEX
 from sgl.grammar.simulate import load_bundled_tokenizer, random_logits, sample_match, simulate_decode
 
-IPV4 = r"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+IPV4 = IPV4_REGEX
 EMAIL = r"[a-z0-9._%+-]{1,12}@[a-z0-9-]{1,10}\.(com|org|net)"
 UNICODE = r"(你好|世界|😀){4}"
 ESCAPES = r"\$\d{1,3}\.\d{2} \(USD\)|\[[a-f]{2,4}\]\\|\t[^\x00-\x7f]{1,3}"
-CHARACTER = (
-    r"""\{\n"""
-    + r"""    "name": "[\w\d\s]{1,16}",\n"""
-    + r"""    "house": "(Gryffindor|Slytherin|Ravenclaw|Hufflepuff)",\n"""
-    + r"""    "blood status": "(Pure-blood|Half-blood|Muggle-born)",\n"""
-    + r"""    "occupation": "(student|teacher|auror|ministry of magic|death eater|order of the phoenix)",\n"""
-    + r"""    "wand": \{\n"""
-    + r"""        "wood": "[\w\d\s]{1,16}",\n"""
-    + r"""        "core": "[\w\d\s]{1,16}",\n"""
-    + r"""        "length": [0-9]{1,2}\.[0-9]{0,2}\n"""
-    + r"""    \},\n"""
-    + r"""    "alive": "(Alive|Deceased)",\n"""
-    + r"""    "patronus": "[\w\d\s]{1,16}",\n"""
-    + r"""    "bogart": "[\w\d\s]{1,16}"\n"""
-    + r"""\}"""
-)
+CHARACTER = CHARACTER_REGEX
 PADDING = 64  # logits wider than the tokenizer, as with padded embeddings
 
 
