@@ -72,6 +72,19 @@ def test_bad_paths_raise_clear_errors(tmp_path, hf_dir):
         load_model(str(path))
 
 
+def test_architecture_from_config(hf_dir):
+    path, _ = hf_dir
+    cfg_file = path / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["architectures"] = ["FooForCausalLM"]
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="FooForCausalLM"):
+        load_model(str(path))
+    del cfg["architectures"]  # falls back to transformers' class for model_type
+    cfg_file.write_text(json.dumps(cfg))
+    assert type(load_model(str(path)).model).__name__ == "Qwen2ForCausalLM"
+
+
 def test_corrupt_gguf_leaves_no_cache(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + bytes(range(256)) * 4)

@@ -156,6 +156,16 @@ def _eos_token_ids(model_dir: Path, hf_config, tokenizer) -> Tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids))
 
 
+def _architectures(hf_config) -> list:
+    """``config.architectures``, else the causal-LM class transformers maps ``model_type`` to."""
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if not archs:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(hf_config, "model_type", None))
+        archs = [arch] if arch else []
+    return archs
+
+
 def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
                attn_backend: Union[str, AttentionBackend] = "torch",
                cache_dir: Optional[str] = None) -> LoadedModel:
@@ -190,7 +200,7 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
     context_len = getattr(hf_config, "max_position_embeddings", None)
     if not context_len:
         raise ValueError(f"config.json in {model_dir} has no max_position_embeddings")
-    model_cls = get_model_class(getattr(hf_config, "architectures", None) or [])
+    model_cls = get_model_class(_architectures(hf_config))
     backend = make_attention_backend(attn_backend) if isinstance(attn_backend, str) else attn_backend
     with default_dtype(dtype), torch.device(device):
         model = model_cls(hf_config, backend)
