@@ -40,6 +40,7 @@ class Engine:
 
     def __init__(self, config: Optional[EngineConfig] = None, **kwargs):
         from sgl.engine.cache import make_cache_manager
+        from sgl.engine.jump_forward import JumpForward
         from sgl.engine.model_runner import ModelRunner, profile_max_total_tokens
         from sgl.engine.sampling.sampler import Sampler
         from sgl.engine.scheduler import Scheduler
@@ -72,8 +73,9 @@ class Engine:
                                   self.context_len, dtype, mc.device)
         self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool)
         self.builder = RequestBuilder(self)
+        self.jump_forward = JumpForward(self.tokenizer, config.grammar.jump_forward)
         self.scheduler = Scheduler(sc, self.runner, self.cache, Sampler(), self.tokenizer, self.eos_token_ids,
-                                   self.builder.new_detokenizer, config.grammar.jump_forward)
+                                   self.builder.new_detokenizer, self.jump_forward)
         self._thread = threading.Thread(target=self.scheduler.run_forever, name="sgl-scheduler", daemon=True)
         self._thread.start()
         logger.info("Engine ready: %s, context %d tokens, KV pool %d tokens, cache=%s, policy=%s, attention=%s",

@@ -49,12 +49,15 @@ class OutputProcessor:
             [r.generator for r in reqs], logits.shape[-1], logits.device,
             eos_token_ids=s.eos_token_ids, prompt_ids=[r.input_ids for r in reqs])
         if any(r.grammar is not None for r in reqs):
-            mask = torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
+            mask = info.ensure_vocab_mask()
             for i, r in enumerate(reqs):
-                if r.grammar is not None:
-                    mask[i].fill_(False)
+                if r.grammar is None:
+                    continue
+                mask[i].fill_(False)
+                if r.forced_tokens:
+                    mask[i, r.forced_tokens[0]] = True
+                else:
                     r.grammar.fill_vocab_mask(mask[i])
-            info.vocab_mask = mask
         return s.sampler.forward(logits, info)
 
     # ------------------------------------------------------------ per token
@@ -75,21 +78,18 @@ class OutputProcessor:
             if r.first_token_time is None:
                 r.first_token_time = now
             r.output_ids.append(tok)
-            jumped = False
+            new = [tok]
             if r.grammar is not None:
                 r.grammar.accept_token(tok)
-                jumped = self.s.jump_forward(r)
-            self.update_text(r, resync=jumped)
+                jumped = self.s.jump_forward.after_token(r, tok)
+                if jumped:
+                    new += jumped
+                    self.s.on_jump_forward(r, len(jumped))
+            self.update_text(r, new)
 
-    def update_text(self, r: Req, resync: bool = False) -> None:
+    def update_text(self, r: Req, new_ids: Sequence[int]) -> None:
         """Detokenize new tokens, check stop conditions, and stream or finish."""
-        if resync:
-            r.detokenizer = self.s.new_detokenizer(r)
-            full = r.detokenizer.add_tokens(r.output_ids)
-            delta = full[len(r.raw_text):]
-        else:
-            delta = r.detokenizer.add_tokens(r.output_ids[-1:])
-        r.raw_text += delta
+        r.raw_text += r.detokenizer.add_tokens(new_ids)
         reason = r.stop_checker.check(r.output_ids, r.raw_text)
         if reason is None and r.grammar is not None and r.grammar.is_terminated():
             reason = self.s.grammar_finish_reason(r)

@@ -52,6 +52,8 @@ class Req:
 
     # per-request helpers set by the scheduler
     grammar: Any = None
+    forced_tokens: List[int] = field(default_factory=list)  # queued forced tokens (jump-forward off)
+    jump_forward_tokens: int = 0
     generator: Optional[torch.Generator] = None
     detokenizer: Any = None
     stop_checker: Any = None

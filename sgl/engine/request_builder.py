@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import torch
 
@@ -48,7 +48,8 @@ class RequestBuilder:
             if self._grammar_backend is None:
                 from sgl.grammar import make_grammar_backend
                 self._grammar_backend = make_grammar_backend(
-                    self.engine.config.grammar.backend, self.engine.tokenizer, self.engine.vocab_size)
+                    self.engine.config.grammar.backend, self.engine.tokenizer, self.engine.vocab_size,
+                    eos_token_ids=self.engine.eos_token_ids)
             return self._grammar_backend
 
     def tokenize(self, text: str) -> List[int]:
@@ -156,6 +157,9 @@ class RequestBuilder:
             r.grammar = self.grammar_backend.compile(regex=p.regex, json_schema=p.json_schema)
         r.detokenizer = self.new_detokenizer(r)
         r.stop_checker = StopChecker(p, set(e.eos_token_ids), e.tokenizer)
+        if r.grammar is not None:
+            e.jump_forward.start(r)
+            r.raw_text = r.detokenizer.text
 
 
 def _replace(p: SamplingParams, **changes) -> SamplingParams:

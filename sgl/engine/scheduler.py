@@ -21,6 +21,7 @@ from typing import Callable, List, Optional
 import torch
 
 from sgl.config import SchedulerConfig
+from sgl.engine.jump_forward import JumpForward
 from sgl.engine.output_processor import OutputProcessor
 from sgl.engine.prefill import PrefillAdder
 from sgl.engine.req import Req
@@ -39,7 +40,7 @@ class Scheduler:
     """
 
     def __init__(self, cfg: SchedulerConfig, runner, cache, sampler, tokenizer, eos_token_ids,
-                 new_detokenizer: Callable[[Req], object], jump_forward_enabled: bool = True):
+                 new_detokenizer: Callable[[Req], object], jump_forward: "JumpForward"):
         self.cfg = cfg
         self.runner = runner
         self.pool = runner.token_to_kv_pool
@@ -49,7 +50,7 @@ class Scheduler:
         self.tokenizer = tokenizer
         self.eos_token_ids = set(eos_token_ids)
         self.new_detokenizer = new_detokenizer
-        self.jump_forward_enabled = jump_forward_enabled
+        self.jump_forward = jump_forward
         self.policy = make_schedule_policy(cfg.policy)
         self.waiting: List[Req] = []
         self.running: List[Req] = []
@@ -186,10 +187,10 @@ class Scheduler:
             self.outputs.record_input_logprobs(r, logits[i:i + n], first)
         self.stats.on_prefill(batch, self)
         done = {id(r) for r, _ in sample_reqs}
-        for r in batch.reqs:
+        for r, ext in zip(batch.reqs, batch.extend_lens):
             # Let the cache own the prompt KV computed so far (every prompt chunk, as SGLang does), so
             # later requests sharing it hit the cache while this one is still running.
-            if not r.output_ids:
+            if r.kv_len - ext < len(r.input_ids):
                 self._cache_unfinished(r)
             if id(r) not in done:
                 self.pending.append(r)
@@ -323,33 +324,12 @@ class Scheduler:
                 logger.error("could not release %s cleanly", r.rid)
 
     # ------------------------------------------------------------ grammar helpers
-    def jump_forward(self, r: Req) -> bool:
-        """Compressed-FSM jump-forward (SGLang, Zheng et al. 2023 §4): append the forced string, re-tokenize the
-        boundary, keep the KV of the unchanged prefix; the request re-extends its new tail. Returns True if jumped."""
-        if not self.jump_forward_enabled or r.grammar.is_terminated():
-            return False
-        jump = r.grammar.try_jump_forward()
-        if not jump:
-            return False
-        from sgl.grammar.jump_forward import jump_forward_retokenize
-
-        keep, tail = jump_forward_retokenize(self.tokenizer, r.output_ids, jump)
-        keep_abs = len(r.input_ids) + keep
-        if keep_abs < r.prefix_len or not tail:
-            return False  # would rewrite tokens the cache owns; just keep decoding
-        budget = r.sampling_params.max_new_tokens - keep
-        if len(tail) > budget:
-            return False
-        r.grammar.accept_string(jump)
-        r.output_ids = r.output_ids[:keep] + tail
-        if r.kv_len > keep_abs:
-            self.pool.free(self.req_to_token_pool.req_to_token[r.req_pool_idx, keep_abs:r.kv_len].clone())
-            r.kv_len = keep_abs
-        self.stats.jump_forward_tokens += len(tail)
-        if r in self.running and r.extend_remaining > 1:
+    def on_jump_forward(self, r: Req, n: int) -> None:
+        """``n`` forced tokens were appended to a running request: it re-extends them next step."""
+        self.stats.jump_forward_tokens += n
+        if r in self.running:
             self.running.remove(r)
             self.pending.append(r)
-        return True
 
     def grammar_finish_reason(self, r: Req) -> FinishReason:
         last = r.output_ids[-1]
