@@ -59,9 +59,10 @@ class LlamaAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 forward_batch: ForwardBatch) -> torch.Tensor:
         qkv = self.qkv_proj(hidden_states)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rotary(q, cos, sin, self.head_dim)
-        k = apply_rotary(k, cos, sin, self.head_dim)
+        qk_size = self.q_size + self.kv_size
+        # rotate q and k heads in one pass; q, k, v stay views (no copies)
+        q, k = apply_rotary(qkv[:, :qk_size], cos, sin, self.head_dim).split([self.q_size, self.kv_size], dim=-1)
+        v = qkv[:, qk_size:]
         out = self.attn_backend.forward(q, k, v, self.layer_id, self.num_heads, self.num_kv_heads,
                                         self.head_dim, self.scaling, forward_batch)
         return self.o_proj(out)

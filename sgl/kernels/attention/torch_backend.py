@@ -55,40 +55,38 @@ class TorchAttentionBackend(AttentionBackend):
         self.metadata: Optional[TorchAttentionMetadata] = None
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
-        """Build the padded slot table and mask for this step (see module docstring)."""
+        """Build the padded slot table and mask for this step (see module docstring).
+
+        Sizes come from the ``*_cpu`` lists; index tensors are built on the
+        batch's device, so nothing waits on the device."""
         fb = forward_batch
-        seq_lens = list(fb.seq_lens_cpu)
+        seq_lens = fb.seq_lens_cpu
         max_seq = max(seq_lens)
         device = fb.req_pool_indices.device
         kv_slots = fb.req_to_token_pool.req_to_token[fb.req_pool_indices, :max_seq].to(torch.int64)
-        key_pos = torch.arange(max_seq)
-        seq_t = torch.tensor(seq_lens)
+        key_pos = torch.arange(max_seq, device=device)
         if fb.forward_mode.is_decode():
             mask = None
             if min(seq_lens) != max_seq:
-                mask = (key_pos[None, :] < seq_t[:, None]).view(len(seq_lens), 1, 1, max_seq).to(device)
+                mask = (key_pos[None, :] < fb.seq_lens[:, None]).view(len(seq_lens), 1, 1, max_seq)
             self.metadata = TorchAttentionMetadata(kv_slots=kv_slots, mask=mask)
             return
-        ext_lens = list(fb.extend_seq_lens_cpu)
-        prefix_lens = list(fb.extend_prefix_lens_cpu)
+        ext_lens = fb.extend_seq_lens_cpu
         if min(ext_lens) < 1:
-            raise ValueError(f"extend_seq_lens must all be >= 1, got {ext_lens}")
-        max_ext = max(ext_lens)
-        ext_t = torch.tensor(ext_lens)
-        pre_t = torch.tensor(prefix_lens)
-        q_batch = torch.repeat_interleave(torch.arange(len(ext_lens)), ext_t)
-        starts = torch.cumsum(ext_t, 0) - ext_t
-        q_pos = torch.arange(int(ext_t.sum())) - starts[q_batch]
-        is_causal = len(ext_lens) == 1 and prefix_lens[0] == 0
+            raise ValueError(f"extend_seq_lens must all be >= 1, got {list(ext_lens)}")
+        bs, n, max_ext = len(ext_lens), sum(ext_lens), max(ext_lens)
+        ext_t, pre_t = fb.extend_seq_lens, fb.extend_prefix_lens
+        q_batch = torch.repeat_interleave(torch.arange(bs, device=device), ext_t, output_size=n)
+        q_pos = torch.arange(n, device=device) - (torch.cumsum(ext_t, 0) - ext_t)[q_batch]
+        is_causal = bs == 1 and fb.extend_prefix_lens_cpu[0] == 0
         mask = None
         if not is_causal:
-            query_pos = torch.arange(max_ext)
+            query_pos = torch.arange(max_ext, device=device)
             # key j visible to new token i of request b iff j <= prefix_b + i and j < seq_b
             mask = ((key_pos[None, None, :] <= pre_t[:, None, None] + query_pos[None, :, None])
-                    & (key_pos[None, None, :] < seq_t[:, None, None])).unsqueeze(1).to(device)
+                    & (key_pos[None, None, :] < fb.seq_lens[:, None, None])).unsqueeze(1)
         self.metadata = TorchAttentionMetadata(kv_slots=kv_slots, mask=mask, is_causal=is_causal,
-                                               q_batch=q_batch.to(device), q_pos=q_pos.to(device),
-                                               max_extend=max_ext)
+                                               q_batch=q_batch, q_pos=q_pos, max_extend=max_ext)
 
     def _gather_kv(self, layer_id: int, forward_batch: ForwardBatch):
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer_id)
