@@ -142,3 +142,28 @@ def test_errors_surface_as_openai_bad_request(client):
     assert "stop" in str(info.value)
     ok = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=1, temperature=0)
     assert ok.usage.completion_tokens == 1
+
+
+def test_dropped_chat_stream_aborts_every_choice(server):
+    import http.client
+    import time
+
+    import requests
+
+    def info():
+        return requests.get(server.url + "/get_server_info", timeout=30).json()
+
+    before = info()["stats"]["num_aborted"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    body = json.dumps({"model": "m", "messages": MESSAGES, "max_tokens": 400, "n": 2, "stream": True,
+                       "ignore_eos": True})
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.readline().startswith(b"data:")
+    conn.close()
+    deadline = time.monotonic() + 60
+    while (now := info())["num_running_reqs"] or now["stats"]["num_aborted"] < before + 2:
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+    assert now["stats"]["num_aborted"] == before + 2 and now["cache_protected_tokens"] == 0
+    assert now["num_inflight_http_requests"] == 0
