@@ -122,7 +122,15 @@ def test_random_decode_with_jump_forward_matches(backend, tok, temperature):
 def test_try_jump_forward_does_not_change_state(backend):
     g = backend.compile(regex=CHARACTER)
     s = g.try_jump_forward()
-    assert s == '{\n    "name": "'
+    assert s == '{\n    "name":'  # the forced '{\n    "name": "' minus its last token ' "'
     assert g.try_jump_forward() == s and not g.is_accepting()
     g.accept_string(s)
+    assert g.try_jump_forward() is None  # one forced token left: the model writes it
+
+
+def test_jump_without_holdback_takes_the_whole_forced_string(tok):
+    be = make_grammar_backend("builtin", tok, len(tok), jump_holdback=False)
+    g = be.compile(regex=CHARACTER)
+    assert g.try_jump_forward() == '{\n    "name": "'
+    g.accept_string('{\n    "name": "')
     assert g.try_jump_forward() is None  # the name is a free choice

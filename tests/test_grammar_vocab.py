@@ -59,7 +59,7 @@ def test_sentencepiece_byte_fallback_vocab(sp_tokenizer):
     tb = vocab.token_bytes
     assert tb[3] == b" hello" and tb[5] == b"\n" and tb[6] == "é".encode() and tb[7] == b"\xc3"
     assert tb[0] == tb[1] == tb[2] == b"" and vocab.eos_token_ids == {2}
-    be = BuiltinGrammarBackend(sp_tokenizer, len(sp_tokenizer))
+    be = BuiltinGrammarBackend(sp_tokenizer, len(sp_tokenizer), jump_holdback=False)
     g = be.compile(regex=r" hello(é|!)\n")
     mask = torch.zeros(len(sp_tokenizer), dtype=torch.bool)
     g.fill_vocab_mask(mask)
@@ -73,6 +73,9 @@ def test_sentencepiece_byte_fallback_vocab(sp_tokenizer):
     assert g.try_jump_forward() is None  # not at a character boundary
     g.accept_token(8)
     assert g.try_jump_forward() == "\n"
+    holding = BuiltinGrammarBackend(sp_tokenizer, len(sp_tokenizer)).compile(regex=r" hello(é|!)\n")
+    holding.accept_string(" helloé")
+    assert holding.try_jump_forward() is None  # a single forced token is left to the model
     g.accept_token(5)
     g.fill_vocab_mask(mask)
     assert mask.nonzero().flatten().tolist() == [2]  # only EOS

@@ -68,8 +68,9 @@ class Grammar(abc.ABC):
     def try_jump_forward(self) -> Optional[str]:
         """The text forced from the current state along the compressed FSM
         (longest run of single-transition, non-accepting states, cut to whole
-        characters), or None when the next step is a real choice.  Does not
-        change the state."""
+        characters; the builtin backend by default also leaves that text's
+        last token to the model), or None when there is nothing worth
+        jumping.  Does not change the state."""
 
     @abc.abstractmethod
     def copy(self) -> "Grammar":

@@ -22,7 +22,7 @@ import torch
 from sgl.grammar.base import Grammar, GrammarBackend, JsonSchema, check_one_constraint
 from sgl.grammar.fsm import ByteDFA
 from sgl.grammar.json_schema import build_regex_from_schema
-from sgl.grammar.jump_forward import forced_string
+from sgl.grammar.jump_forward import forced_string, hold_back_last_token
 from sgl.grammar.token_index import TokenIndex
 from sgl.grammar.vocab import TokenVocab, get_token_vocab
 
@@ -30,20 +30,33 @@ _UNSET = object()
 
 
 class CompiledRegex:
-    """Everything shared by the requests of one regex (thread-safe, lazily filled)."""
+    """Everything shared by the requests of one regex (thread-safe, lazily filled).
 
-    def __init__(self, regex: str, vocab: TokenVocab):
+    Args:
+        regex: the regex.
+        vocab: the tokenizer's byte tables.
+        holdback_tokenizer: if given, jump strings leave their last token to
+            the model (:func:`hold_back_last_token`).
+    """
+
+    def __init__(self, regex: str, vocab: TokenVocab, holdback_tokenizer=None):
         self.regex = regex
+        self.vocab = vocab
         self.dfa = ByteDFA(regex)
         self.index = TokenIndex(vocab, self.dfa)
+        self.holdback_tokenizer = holdback_tokenizer
         self._forced: Dict[int, Optional[str]] = {}
 
     def forced(self, state: int) -> Optional[str]:
-        """Cached :func:`forced_string` of ``state``."""
+        """Cached jump string of ``state``: :func:`forced_string`, minus its last
+        token when holding back."""
         s = self._forced.get(state, _UNSET)
         if s is _UNSET:
             with self.dfa.lock:
-                s = self._forced[state] = forced_string(self.dfa, state)
+                s = forced_string(self.dfa, state)
+                if self.holdback_tokenizer is not None:
+                    s = hold_back_last_token(self.holdback_tokenizer, self.vocab, s)
+                self._forced[state] = s
         return s
 
 
@@ -128,13 +141,16 @@ class BuiltinGrammarBackend(GrammarBackend):
         whitespace_pattern: whitespace regex between JSON tokens for json_schema
             (default ``[ ]?``).
         max_cached_regexes: LRU size of the compiled-regex cache.
+        jump_holdback: jump strings stop before the forced text's last token
+            (default True; see :func:`sgl.grammar.jump_forward.hold_back_last_token`).
 
     Raises:
         ValueError: ``vocab_size`` smaller than the tokenizer, or no EOS id known.
     """
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Optional[Iterable[int]] = None,
-                 whitespace_pattern: Optional[str] = None, max_cached_regexes: int = 512):
+                 whitespace_pattern: Optional[str] = None, max_cached_regexes: int = 512,
+                 jump_holdback: bool = True):
         super().__init__(tokenizer, vocab_size)
         self.vocab = get_token_vocab(tokenizer, self.vocab_size,
                                      None if eos_token_ids is None else list(eos_token_ids))
@@ -142,6 +158,7 @@ class BuiltinGrammarBackend(GrammarBackend):
             raise ValueError("eos_token_ids: the tokenizer has no eos_token_id; pass eos_token_ids")
         self.whitespace_pattern = whitespace_pattern
         self.max_cached_regexes = int(max_cached_regexes)
+        self.jump_holdback = bool(jump_holdback)
         self._lock = threading.Lock()
         self._compiled: "OrderedDict[str, CompiledRegex]" = OrderedDict()
         self._schema_regex: Dict[str, str] = {}
@@ -162,7 +179,7 @@ class BuiltinGrammarBackend(GrammarBackend):
             if c is not None:
                 self._compiled.move_to_end(regex)
                 return c
-        c = CompiledRegex(regex, self.vocab)  # outside the lock: may raise ValueError
+        c = CompiledRegex(regex, self.vocab, self.tokenizer if self.jump_holdback else None)  # may raise
         with self._lock:
             c = self._compiled.setdefault(regex, c)
             while len(self._compiled) > self.max_cached_regexes:
