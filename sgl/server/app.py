@@ -9,7 +9,7 @@ own the engine: whoever built it shuts it down.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Mapping
 
 from fastapi import FastAPI
@@ -41,12 +41,15 @@ class ServerSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "ServerSettings":
-        """Build from a ServerSettings, a mapping or an OmegaConf node; unknown keys are ignored."""
+        """Build from a ServerSettings, another dataclass (``sgl.config.ServerConfig``), a mapping
+        or an OmegaConf node; unknown keys are ignored."""
         if isinstance(config, cls):
             return config
         if config is None:
             return cls()
-        if not isinstance(config, Mapping):
+        if is_dataclass(config) and not isinstance(config, type):
+            config = asdict(config)  # e.g. sgl.config.ServerConfig
+        elif not isinstance(config, Mapping):
             try:
                 from omegaconf import OmegaConf
                 config = OmegaConf.to_container(config, resolve=True)

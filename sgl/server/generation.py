@@ -29,6 +29,15 @@ def new_rid() -> str:
     return uuid.uuid4().hex
 
 
+def _batch_size(prompt: Any, input_ids: Any) -> int | None:
+    """Number of prompts of a batch request, None for a single prompt."""
+    if isinstance(prompt, list):
+        return len(prompt)
+    if isinstance(input_ids, list) and input_ids and isinstance(input_ids[0], list):
+        return len(input_ids)
+    return None
+
+
 def _meta_list(out: Any) -> list[dict]:
     if isinstance(out, list):
         return [o.get("meta_info", {}) for o in out]
@@ -107,11 +116,8 @@ class GenerationService:
         """
         rids = kwargs.get("rid")
         if rids is None:
-            batch = isinstance(kwargs.get("prompt"), list) or (
-                isinstance(kwargs.get("input_ids"), list) and kwargs["input_ids"]
-                and isinstance(kwargs["input_ids"][0], list))
-            n = len(kwargs["prompt"] if kwargs.get("prompt") is not None else kwargs["input_ids"]) if batch else 1
-            rids = [new_rid() for _ in range(n)] if batch else new_rid()
+            n = _batch_size(kwargs.get("prompt"), kwargs.get("input_ids"))
+            rids = new_rid() if n is None else [new_rid() for _ in range(n)]
             kwargs["rid"] = rids
         tracked = rids if isinstance(rids, list) else [rids]
         self.inflight.update(tracked)

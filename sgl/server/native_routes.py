@@ -39,6 +39,9 @@ async def generate(req: GenerateReqInput, request: Request) -> Response:
     """Generate from ``text`` or ``input_ids``; JSON ``{"text", "meta_info"}`` (a list for a
     batch) or, with ``stream``, SSE events of cumulative text ending in ``data: [DONE]``."""
     service = _state(request).generation
+    vocab = getattr(_state(request).engine, "vocab_size", None)
+    if req.top_logprobs_num and vocab and req.top_logprobs_num > int(vocab):
+        raise APIError(f"'top_logprobs_num' must be <= the vocabulary size ({vocab}).", param="top_logprobs_num")
     kwargs = req.engine_kwargs()
     if req.rid is not None:
         kwargs["rid"] = req.rid

@@ -109,7 +109,8 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Resp
             input_ids=[k["input_ids"] for k in all_kwargs],
             sampling_params=[k["sampling_params"] for k in all_kwargs],
             return_logprob=req.logprobs, top_logprobs_num=all_kwargs[0]["top_logprobs_num"],
-            return_text_in_logprobs=req.logprobs, image_data=all_kwargs[0].get("image_data"),
+            return_text_in_logprobs=req.logprobs,
+            image_data=[k["image_data"] for k in all_kwargs] if images else None,
             **({"rid": [k["rid"] for k in all_kwargs]} if req.rid is not None else {}))
         choices = []
         for i, out in enumerate(outs):
