@@ -132,3 +132,10 @@ def test_runtime_child_process_with_api_key():
     with pytest.raises(ProcessLookupError):
         import os
         os.kill(pid, 0)
+
+
+def test_runtime_rejects_unknown_options_before_starting():
+    from sgl.backends.runtime import Runtime
+
+    with pytest.raises(ValueError, match="tp_size"):
+        Runtime(tp_size=2)

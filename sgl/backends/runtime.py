@@ -17,6 +17,7 @@ import atexit
 import json
 import logging
 import subprocess
+import tempfile
 from typing import Any, Dict, List, Optional, Union
 
 from sgl.backends.runtime_endpoint import RuntimeEndpoint
@@ -46,11 +47,13 @@ class Runtime:
         port: TCP port; None picks a free one.
         api_key: Bearer key the server requires (the endpoint sends it).
         launch_timeout: seconds to wait for the server to be ready.
-        log_level: ``"error"`` discards the child's output; anything else lets it through.
+        log_level: ``"error"`` keeps the child's output out of the console (it is shown if
+            startup fails); anything else lets it through.
         **engine_kwargs: ``sgl.Engine`` options (``max_total_tokens=8192``, ``log_interval=0``).
 
     Raises:
-        RuntimeError: the server process died while starting.
+        ValueError: an unknown option or bad value (checked before anything starts).
+        RuntimeError: the server process died while starting (its output tail is in the message).
         TimeoutError: it did not become ready in ``launch_timeout`` seconds.
     """
 
@@ -63,18 +66,34 @@ class Runtime:
         if api_key:
             tokens.append(_override_token("server.api_key", api_key))
         tokens += [_override_token(k, v) for k, v in engine_kwargs.items()]
+        from sgl.config import compose_config
+        from sgl.server.__main__ import to_overrides
+
+        compose_config(to_overrides(tokens))  # bad options raise ValueError here, not in the child
         command = "python -m sgl.server " + " ".join(shlex.quote(t) for t in tokens)
-        quiet = subprocess.DEVNULL if log_level == "error" else None
-        self.process, self.port = launch_server_cmd(command, host=host, port=port, stdout=quiet, stderr=quiet)
+        self._log = tempfile.TemporaryFile() if log_level == "error" else None
+        self.process, self.port = launch_server_cmd(command, host=host, port=port, stdout=self._log,
+                                                    stderr=subprocess.STDOUT if self._log else None)
         self.url = f"http://{host}:{self.port}"
         self.generate_url = self.url + "/generate"
         atexit.register(self.shutdown)
         try:
             wait_for_server(self.url, timeout=launch_timeout, process=self.process)
+        except (RuntimeError, TimeoutError) as e:
+            tail = self._log_tail()
+            self.shutdown()
+            raise type(e)(f"{e}{tail}") from e
         except BaseException:
             self.shutdown()
             raise
         self.endpoint = RuntimeEndpoint(self.url, api_key=api_key)
+
+    def _log_tail(self, n_chars: int = 3000) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        text = self._log.read().decode("utf-8", "replace")[-n_chars:]
+        return f"\n--- server output (tail) ---\n{text}" if text else ""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -83,6 +102,10 @@ class Runtime:
         if process is not None:
             terminate_process(process)
             self.process = None
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()
+            self._log = None
 
     def __enter__(self) -> "Runtime":
         return self
