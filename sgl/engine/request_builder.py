@@ -49,8 +49,13 @@ class RequestBuilder:
                 from sgl.grammar import make_grammar_backend
                 self._grammar_backend = make_grammar_backend(
                     self.engine.config.grammar.backend, self.engine.tokenizer, self.engine.vocab_size,
-                    eos_token_ids=self.engine.eos_token_ids)
+                    eos_token_ids=self.engine.eos_token_ids, **self._backend_options())
             return self._grammar_backend
+
+    def _backend_options(self) -> dict:
+        # The engine tokenizes forced runs canonically (sgl/engine/jump_forward.py), so greedy output is the
+        # same with jump-forward on or off without holding back the last forced token.
+        return {"jump_holdback": False} if self.engine.config.grammar.backend == "builtin" else {}
 
     def tokenize(self, text: str) -> List[int]:
         with self._tok_lock:
