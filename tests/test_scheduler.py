@@ -102,3 +102,23 @@ def test_in_batch_prefix_sharing(engine):
     outs = engine.generate(prompts, {"temperature": 0, "max_new_tokens": 2})
     cached = sorted(o["meta_info"]["cached_tokens"] for o in outs)
     assert cached[0] == 0 and all(c >= shared for c in cached[1:])
+
+
+@pytest.mark.slow
+def test_tiny_pool_long_outputs_and_many_chunked_prompts_finish(engine):
+    """A pool far smaller than the demand: requests queue, chunk, retract and resume; none is lost."""
+    text = "Tell me everything you know about the history of the printing press in Europe. " * 3
+    small = sgl.Engine(max_total_tokens=160, chunked_prefill_size=16, max_prefill_tokens=32, log_interval=0)
+    try:
+        params = {"temperature": 0, "max_new_tokens": 40, "ignore_eos": True}
+        outs = small.generate([text + str(i) for i in range(5)], params)
+        assert [o["meta_info"]["finish_reason"]["type"] for o in outs] == ["length"] * 5
+        assert all(o["meta_info"]["completion_tokens"] == 40 for o in outs)
+        ref = engine.generate(text + "0", params)
+        assert outs[0]["output_ids"] == ref["output_ids"]
+        alone = small.generate("Hi", {"max_new_tokens": 1000, "ignore_eos": True})  # outgrows the pool
+        assert alone["meta_info"]["finish_reason"]["type"] == "abort"
+        assert "max_total_tokens" in alone["meta_info"]["finish_reason"]["message"]
+        small.check_integrity()
+    finally:
+        small.shutdown()

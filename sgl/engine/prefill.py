@@ -53,6 +53,7 @@ class PrefillAdder:
         ratio = sched.new_token_ratio
         self.reserved = sum(self._reserve(r, ratio) for r in sched.running)
         self.batch = PrefillBatch()
+        self.chunking = any(r.kv_len < len(r.input_ids) for r in sched.pending)
 
     @staticmethod
     def _reserve(r: Req, ratio: float) -> int:
@@ -94,11 +95,12 @@ class PrefillAdder:
                 continue  # a request in this batch computes the shared prefix; reuse it next step
             full = r.seq_len - m.prefix_len
             ext = min(full, self.chunk, self.budget)
-            if ext < full and self.batch.reqs and ext < min(self.chunk, 64):
-                break  # don't start a tiny chunk; next step has a fresh budget
+            if ext < full and (self.chunking or (self.batch.reqs and ext < min(self.chunk, 64))):
+                break  # one chunked prefill at a time; no tiny chunks (the next step has a fresh budget)
             s.cache.lock(m.handle)
             reserve = self._reserve(r, s.new_token_ratio)
-            if ext + reserve > self._room():
+            busy = bool(s.running or s.pending or self.batch.reqs)  # alone, a request needs no decode reserve
+            if ext + (reserve if busy else 0) > self._room():
                 s.cache.unlock(m.handle)
                 break
             row = s.req_to_token_pool.alloc()
@@ -118,6 +120,7 @@ class PrefillAdder:
                 r.cached_tokens = m.prefix_len
                 r.admitted_once = True
             self.reserved += reserve
+            self.chunking = self.chunking or ext < full
             self._take(r, ext, slots)
             self.batch.new_reqs.append(r)
             admitted.append(r)

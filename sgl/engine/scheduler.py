@@ -262,13 +262,21 @@ class Scheduler:
         logger.info("Retract request %s (%d tokens); #running-req: %d", r.rid, r.seq_len, len(self.running))
 
     def _unstick(self) -> None:
-        """Nothing running, yet nothing could be admitted: free cache space, or fail what can never fit."""
+        """Nothing running, yet nothing could be admitted: free cache space, re-queue all but one partially
+        prefilled request, or fail a request that cannot fit the pool even alone."""
         if self.cache.evictable_size():
             self.cache.evict(self.cache.evictable_size())
             return
-        for r in self.pending + self.waiting:
+        if len(self.pending) > 1:
+            for r in self.pending[1:]:
+                self.pending.remove(r)
+                self._release_kv(r)
+                self.waiting.insert(0, r)
+            return
+        for r in self.pending + self.waiting[:1]:
             r.finish_reason = FinishReason.abort(
-                f"request needs more KV than the pool has ({self.pool.size} tokens)")
+                f"request needs more KV than the pool has ({self.pool.size} tokens); "
+                f"raise scheduler.max_total_tokens")
             self.finish(r)
 
     # ------------------------------------------------------------ KV ownership
