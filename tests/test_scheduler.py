@@ -122,3 +122,14 @@ def test_tiny_pool_long_outputs_and_many_chunked_prompts_finish(engine):
         small.check_integrity()
     finally:
         small.shutdown()
+
+
+def test_dfs_weight_groups_shared_prefixes():
+    pool = TokenToKVPool(64, 1, 1, 2)
+    cache = RadixCache(pool)
+    cache.insert([1, 2, 3], pool.alloc(3))
+    cache.insert([5, 6, 7], pool.alloc(3))
+    waiting = [_make_req("x", [5, 6, 7, 1], 0.0), _make_req("a", [1, 2, 3, 4], 1.0),
+               _make_req("b", [1, 2, 3, 8], 2.0), _make_req("c", [1, 2, 3, 9], 3.0)]
+    make_schedule_policy("dfs-weight").sort(waiting, cache)
+    assert [r.rid for r in waiting] == ["a", "b", "c", "x"]  # the larger group under [1,2,3] first
