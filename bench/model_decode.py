@@ -3,7 +3,10 @@
 Prefills a short chat prompt per request, then runs greedy DECODE steps and
 reports tokens/s (generated tokens / wall time of the decode steps only).
 
-    python bench/model_decode.py [--model PATH] [--steps 64] [--batch 1 8] [--threads N]
+    python bench/model_decode.py [--model PATH] [--steps 64] [--batch 1 8] [--threads N] [--no-prepack]
+
+On a CPU shared with other busy processes, run with OMP_WAIT_POLICY=PASSIVE (or
+--threads 1): spinning OpenMP workers otherwise slow every op many-fold.
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-prepack", action="store_true", help="plain F.linear instead of oneDNN-packed weights")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    lm = load_model(args.model)
-    print(f"load_model: {time.perf_counter() - t0:.2f} s ({lm.model_dir}); threads={torch.get_num_threads()}")
+    lm = load_model(args.model, cpu_prepack=not args.no_prepack)
+    print(f"load_model: {time.perf_counter() - t0:.2f} s ({lm.model_dir}); threads={torch.get_num_threads()}, "
+          f"prepack={not args.no_prepack}")
     for bs in args.batch:
         wall, cpu = run(lm, bs, args.steps)
         print(f"batch {bs}: {wall:.1f} tokens/s wall, {cpu:.1f} tokens per CPU-second")

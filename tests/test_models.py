@@ -171,3 +171,23 @@ def test_rope_parameters_reads_v4_style_configs():
     assert rope_parameters(Old()) == {"type": "linear", "factor": 2.0, "rope_theta": 500000.0, "rope_type": "linear"}
     with pytest.raises(ValueError, match="yarn"):
         compute_inv_freq(16, {"rope_type": "yarn", "rope_theta": 1e4}, 256)
+
+
+@pytest.mark.parametrize("name", ["llama-bias-linearrope", "qwen2-tied"])
+def test_cpu_prepacked_linears_match_hf(name):
+    from sgl.models.layers import prepack_linears_cpu
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    cfg, hf, ours, book = build(*CONFIGS[name])
+    assert prepack_linears_cpu(ours) == 2 * 4 + 1  # qkv, o, gate_up, down per layer + lm_head
+    gen = torch.Generator().manual_seed(5)
+    seqs = [rand_tokens(n, gen) for n in (6, 2)]
+    rows = [book.new_request() for _ in seqs]
+    logits = run(ours, book.extend(rows, seqs))
+    torch.testing.assert_close(logits, torch.cat([hf_logits(hf, s) for s in seqs]), atol=ATOL, rtol=0)
+    logits = run(ours, book.decode(rows, [1, 2]))
+    ref = torch.stack([hf_logits(hf, s + [t])[-1] for s, t in zip(seqs, [1, 2])])
+    torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
+    ours.load_weights(hf.state_dict().items())  # reloading drops the (now stale) packed copies
+    assert all(m.packed_weight is None for m in ours.modules() if hasattr(m, "packed_weight"))

@@ -182,6 +182,9 @@ class LlamaForCausalLM(nn.Module):
             ValueError: on a checkpoint name with no matching parameter, a
                 shape mismatch, or parameters left unloaded.
         """
+        for module in self.modules():  # packed copies would go stale
+            if isinstance(module, Linear):
+                module.packed_weight = None
         params = dict(self.named_parameters())
         loaded = set()
         for name, tensor in weights:

