@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -44,7 +43,8 @@ def serve(cfg: EngineConfig) -> None:
 
     engine = Engine(config=cfg)
     try:
-        serve_http(engine, cfg.server.host, cfg.server.port, cfg.server.api_key)
+        serve_http(engine, cfg.server.host, cfg.server.port, cfg.server.api_key,
+                   log_requests=cfg.server.log_requests)
     finally:
         engine.shutdown()
 

@@ -124,6 +124,10 @@ def test_bad_prompts_raise(engine):
         engine.generate(input_ids=[engine.vocab_size + 3])
     with pytest.raises(ValueError, match="exactly one"):
         engine.generate()
+    with pytest.raises(ValueError, match="top_logprobs_num"):
+        engine.generate("Hi", return_logprob=True, top_logprobs_num=engine.vocab_size + 1)
+    with pytest.raises(ValueError, match="logprob_start_len"):
+        engine.generate("Hi", return_logprob=True, logprob_start_len=50)
 
 
 def test_abort_and_integrity(engine, chat_prompts):

@@ -135,8 +135,7 @@ class RequestBuilder:
             raise ValueError(f"the input ({len(ids)} tokens) does not fit the KV pool "
                              f"({e.runner.token_to_kv_pool.size} tokens)")
 
-    @staticmethod
-    def _logprob(enabled, start, top, return_text, prompt_len: int) -> LogprobRequest:
+    def _logprob(self, enabled, start, top, return_text, prompt_len: int) -> LogprobRequest:
         if not enabled:
             return LogprobRequest()
         if start is not None and (isinstance(start, bool) or not isinstance(start, int)):
@@ -146,8 +145,8 @@ class RequestBuilder:
         if start is not None and start >= prompt_len:
             raise ValueError(f"logprob_start_len ({start}) must be smaller than the prompt length ({prompt_len})")
         top = top or 0
-        if isinstance(top, bool) or not isinstance(top, int) or top < 0:
-            raise ValueError(f"top_logprobs_num must be a non-negative int, got {top!r}")
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= self.engine.vocab_size:
+            raise ValueError(f"top_logprobs_num must be an int in [0, {self.engine.vocab_size}], got {top!r}")
         return LogprobRequest(True, start, top, bool(return_text))
 
     def _attach(self, r: Req, k: int) -> None:

@@ -163,7 +163,7 @@ class SglSamplingParams:
         stop = self.stop
         return {
             "max_tokens": self.max_new_tokens,
-            "stop": (list(stop) if not isinstance(stop, str) else stop) or None,
+            "stop": (stop if isinstance(stop, str) else list(stop or ())) or None,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "frequency_penalty": self.frequency_penalty,
