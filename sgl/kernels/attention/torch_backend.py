@@ -91,8 +91,11 @@ class TorchAttentionBackend(AttentionBackend):
     def _gather_kv(self, layer_id: int, forward_batch: ForwardBatch):
         k_buf, v_buf = forward_batch.token_to_kv_pool.get_kv_buffer(layer_id)
         slots = self.metadata.kv_slots
+        flat = slots.reshape(-1)  # index_select is several times faster than advanced indexing on CPU
+        shape = (*slots.shape, *k_buf.shape[1:])
         # [bs, max_seq, kvh, d] -> [bs, kvh, max_seq, d]
-        return k_buf[slots].transpose(1, 2), v_buf[slots].transpose(1, 2)
+        return (k_buf.index_select(0, flat).view(shape).transpose(1, 2),
+                v_buf.index_select(0, flat).view(shape).transpose(1, 2))
 
     def forward_decode(self, q, layer_id, num_heads, num_kv_heads, head_dim, scaling, forward_batch):
         """q ``[bs, num_heads, head_dim]`` -> ``[bs, num_heads, head_dim]`` over each request's whole sequence."""
