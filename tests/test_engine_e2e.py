@@ -138,3 +138,37 @@ def test_abort_and_integrity(engine, chat_prompts):
     info = engine.get_server_info()
     assert info["num_running_reqs"] == 0 and info["cache_protected_tokens"] == 0
     engine.check_integrity()
+
+
+def test_async_generate_and_stream_concurrently(engine, chat_prompts):
+    import asyncio
+
+    ref = engine.generate(chat_prompts, GREEDY)
+
+    async def main():
+        async def stream(p):
+            last = None
+            async for chunk in await engine.async_generate(p, GREEDY, stream=True):
+                last = chunk
+            return last
+
+        outs = await asyncio.gather(*(engine.async_generate(p, GREEDY) for p in chat_prompts),
+                                    *(stream(p) for p in chat_prompts))
+        return outs
+
+    outs = asyncio.run(main())
+    n = len(chat_prompts)
+    for i in range(n):
+        assert outs[i]["output_ids"] == ref[i]["output_ids"]
+        assert outs[n + i]["text"] == ref[i]["text"]
+        assert outs[n + i]["meta_info"]["finish_reason"] is not None
+
+
+def test_many_threads_share_one_scheduler(engine, chat_prompts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = engine.generate(chat_prompts[0], GREEDY)
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda _: engine.generate(chat_prompts[0], GREEDY), range(16)))
+    assert all(o["output_ids"] == ref["output_ids"] for o in outs)
+    engine.check_integrity()
