@@ -45,17 +45,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     from sgl.config import compose_config
-    from sgl.engine.engine import Engine
-    from sgl.server.serve import serve, setup_logging
+    from sgl.launch import serve
+    from sgl.server.serve import setup_logging
 
     setup_logging()
-    cfg = compose_config(to_overrides(argv))
-    engine = Engine(config=cfg)
-    try:
-        serve(engine, cfg.server.host, cfg.server.port, cfg.server.api_key,
-              log_requests=cfg.server.log_requests)
-    finally:
-        engine.shutdown()
+    serve(compose_config(to_overrides(argv)))
 
 
 if __name__ == "__main__":
