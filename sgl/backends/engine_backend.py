@@ -24,21 +24,14 @@ requests and its radix cache shares their common prefixes.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
 from sgl.lang.chat_template import ChatTemplate, get_chat_template
-from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
+from sgl.backends.scoring import select_by_prompt_logprobs
+from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sgl.lang.hf_chat_template import chat_template_from_tokenizer
 from sgl.lang.ir import SglSamplingParams
-
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _create_engine(**overrides):
@@ -183,34 +176,10 @@ class EngineBackend(Backend):
         tok = self.engine.tokenizer
         prefix_ids = tok.encode(prompt.text) if prompt.text else []
         full_ids = [tok.encode(prompt.text + c) for c in choices]
-        starts = [_common_prefix_len(prefix_ids, f) for f in full_ids]
-        for c, f, k in zip(choices, full_ids, starts):
-            if k >= len(f):
-                raise ValueError(f"select(): choice {c!r} adds no tokens to the prompt")
-        shared = min(starts)
-        if shared > 0:
-            self._record(self.engine.generate(input_ids=prefix_ids[:shared], sampling_params={"max_new_tokens": 0}))
-        outs = self._score(full_ids, starts)
-        input_token_logprobs = [o["meta_info"]["input_token_logprobs"] for o in outs]
-        output_token_logprobs = [o["meta_info"].get("output_token_logprobs", []) for o in outs]
-        normalized = [normalized_logprob(x) for x in input_token_logprobs]
-
-        unconditional = None
-        if choices_method.requires_unconditional_logprobs:
-            alone = [f[k:] for f, k in zip(full_ids, starts)]
-            unconditional = []
-            for ids, o in zip(alone, self._score(alone, [0] * len(alone))):
-                lps = list(o["meta_info"]["input_token_logprobs"])
-                if len(lps) == len(ids) - 1:  # a 1-token prompt may come back without its (None, id) entry
-                    lps.insert(0, (None, ids[0], tok.decode([ids[0]])))
-                unconditional.append(lps)
-        return choices_method(
-            choices=list(choices),
-            normalized_prompt_logprobs=normalized,
-            input_token_logprobs=input_token_logprobs,
-            output_token_logprobs=output_token_logprobs,
-            unconditional_token_logprobs=unconditional,
-        )
+        return select_by_prompt_logprobs(
+            prefix_ids, full_ids, choices, choices_method,
+            lambda ids: self._record(self.engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 0})),
+            self._score)
 
     # -- admin --------------------------------------------------------------------------
     def flush_cache(self) -> bool:

@@ -23,12 +23,13 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import requests
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
 from sgl.lang.chat_template import ChatTemplate, get_chat_template, match_chat_template
+from sgl.backends.scoring import select_by_prompt_logprobs
 from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 from sgl.lang.ir import SglSamplingParams
 
@@ -56,10 +57,6 @@ class _JinjaTemplateTokenizer:
             conversations=[messages], chat_template=self.chat_template, add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token, eos_token=self.eos_token)
         return rendered[0]
-
-
-def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    return len(os.path.commonprefix([list(a), list(b)]))
 
 
 class RuntimeEndpoint(Backend):
@@ -239,23 +236,10 @@ class RuntimeEndpoint(Backend):
         if tokens is None:
             return self._select_sglang(prompt, choices, choices_method)
         prefix_ids, full_ids = tokens[0] if prompt.text else [], tokens[1:]
-        starts = [_common_prefix_len(prefix_ids, f) for f in full_ids]
-        for c, f, k in zip(choices, full_ids, starts):
-            if k >= len(f):
-                raise ValueError(f"select(): choice {c!r} adds no tokens to the prompt")
-        shared = min(starts)
-        if shared > 0:
-            self.raw_generate({"input_ids": prefix_ids[:shared], "sampling_params": {"max_new_tokens": 0}})
-        outs = self._score(full_ids, starts)
-        input_lps = [o["meta_info"]["input_token_logprobs"] for o in outs]
-        output_lps = [o["meta_info"].get("output_token_logprobs", []) for o in outs]
-        unconditional = None
-        if choices_method.requires_unconditional_logprobs:
-            alone = [f[k:] for f, k in zip(full_ids, starts)]
-            unconditional = [o["meta_info"]["input_token_logprobs"] for o in self._score(alone, [0] * len(alone))]
-        return choices_method(choices=list(choices), normalized_prompt_logprobs=[normalized_logprob(x) for x in input_lps],
-                              input_token_logprobs=input_lps, output_token_logprobs=output_lps,
-                              unconditional_token_logprobs=unconditional)
+        return select_by_prompt_logprobs(
+            prefix_ids, full_ids, choices, choices_method,
+            lambda ids: self.raw_generate({"input_ids": ids, "sampling_params": {"max_new_tokens": 0}}),
+            self._score)
 
     def _select_sglang(self, prompt: Prompt, choices: List[str],
                        choices_method: ChoicesSamplingMethod) -> ChoicesDecision:
