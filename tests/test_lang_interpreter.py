@@ -14,7 +14,6 @@ import pytest
 import sgl.lang as L
 from sgl.backends.base import Backend, Prompt
 from sgl.lang.chat_template import ChatTemplate
-from sgl.lang.choices import ChoicesDecision
 from sgl.lang.ir import SglRoleBegin
 
 TEMPLATE = ChatTemplate(
