@@ -281,7 +281,7 @@ def test_bad_inputs_give_clear_errors():
 
 
 def test_worker_threads_exit_and_finished_state_is_closed():
-    before = threading.active_count()
+    before = set(threading.enumerate())  # threads of earlier tests may still be winding down
 
     @L.function
     def prog(s):
@@ -293,8 +293,9 @@ def test_worker_threads_exit_and_finished_state_is_closed():
     states = prog.run_batch([{}] * 4, backend=FakeBackend(), num_threads=2)
     assert [len(st["b"]) for st in states] == [3, 3, 3, 3]
     deadline = time.time() + 5
-    while threading.active_count() > before and time.time() < deadline:
+    new_threads = lambda: [t for t in threading.enumerate() if t not in before]  # noqa: E731
+    while new_threads() and time.time() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert new_threads() == []
     with pytest.raises(RuntimeError, match="has finished"):
         states[0] += "more"
