@@ -172,3 +172,23 @@ def test_many_threads_share_one_scheduler(engine, chat_prompts):
         outs = list(pool.map(lambda _: engine.generate(chat_prompts[0], GREEDY), range(16)))
     assert all(o["output_ids"] == ref["output_ids"] for o in outs)
     engine.check_integrity()
+
+
+def test_shutdown_aborts_waiters_and_refuses_new_requests(chat_prompts):
+    import threading
+
+    import sgl
+
+    e = sgl.Engine(log_interval=0, max_total_tokens=1024)
+    results = []
+    t = threading.Thread(target=lambda: results.append(
+        e.generate(chat_prompts[0], {"max_new_tokens": 500, "ignore_eos": True})))
+    t.start()
+    while not e.get_server_info()["num_running_reqs"]:
+        pass
+    e.shutdown()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert results[0]["meta_info"]["finish_reason"]["type"] == "abort"
+    with pytest.raises(RuntimeError, match="shut down"):
+        e.generate("Hi", {"max_new_tokens": 2})

@@ -65,10 +65,16 @@ class Scheduler:
 
     # ------------------------------------------------------------ thread-safe API
     def add_request(self, req: Req) -> None:
+        """Queue a request. Raises RuntimeError once the scheduler has stopped."""
+        if self._stop.is_set():
+            raise RuntimeError("the engine has been shut down")
         self._inbox.put(("req", req))
 
     def call(self, fn: Callable[["Scheduler"], object]) -> Future:
-        """Run ``fn(self)`` on the scheduler thread; returns a Future of its result."""
+        """Run ``fn(self)`` on the scheduler thread; returns a Future of its result.
+        Raises RuntimeError once the scheduler has stopped."""
+        if self._stop.is_set():
+            raise RuntimeError("the engine has been shut down")
         fut: Future = Future()
         self._inbox.put(("call", (fn, fut)))
         return fut
@@ -82,6 +88,15 @@ class Scheduler:
 
     # ------------------------------------------------------------ loop
     def run_forever(self) -> None:
+        try:
+            self._loop()
+        finally:  # nobody may wait forever on a request the loop will never run
+            self._drain_inbox(block=False)
+            for r in list(self.running + self.pending + self.waiting):
+                r.finish_reason = FinishReason.abort("the engine was shut down")
+                self.finish(r)
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             self._drain_inbox(block=self.num_unfinished() == 0)
             if self._stop.is_set():
