@@ -223,7 +223,7 @@ class Scheduler:
             reqs = [r for r, _ in to_sample]
             lg = logits[torch.tensor([i for _, i in to_sample])]
             self.outputs.process(reqs, lg, self.outputs.sample(reqs, lg))
-        self.stats.forward_time += time.perf_counter() - t0
+        self.stats.step_time += time.perf_counter() - t0
 
     def _run_decode(self) -> None:
         t0 = time.perf_counter()

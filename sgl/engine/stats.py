@@ -11,7 +11,8 @@ logger = logging.getLogger("sgl")
 
 @dataclass
 class SchedulerStats:
-    """Cumulative counters (tokens unless named otherwise; times in seconds)."""
+    """Cumulative counters (tokens unless named otherwise; step_time: seconds spent in extend/decode steps,
+    model forward plus sampling and output processing)."""
     num_requests: int = 0
     num_finished: int = 0
     num_aborted: int = 0
@@ -20,7 +21,7 @@ class SchedulerStats:
     generation_tokens: int = 0
     prefill_steps: int = 0
     decode_steps: int = 0
-    forward_time: float = 0.0
+    step_time: float = 0.0
     num_retractions: int = 0
     jump_forward_tokens: int = 0
     last_decode_log: float = field(default_factory=time.perf_counter)
@@ -49,7 +50,7 @@ class SchedulerStats:
 
     def on_decode(self, bs: int, seconds: float, sched) -> None:
         self.decode_steps += 1
-        self.forward_time += seconds
+        self.step_time += seconds
         self.decode_tokens_since_log += bs
         interval = sched.cfg.log_interval
         if interval and self.decode_steps % interval == 0:
