@@ -32,8 +32,10 @@ class ModelConfig:
 
 @dataclass
 class CacheConfig:
-    """name: CacheManager implementation (radix | none)."""
+    """name: CacheManager implementation (radix | lru | none); page_size: tokens per cached block for
+    page-granular caches (lru; None = the implementation's default; radix and none take none)."""
     name: str = "radix"
+    page_size: Optional[int] = None
 
 
 @dataclass

@@ -71,7 +71,8 @@ class Engine:
             self.hf_config, dtype, sc.mem_fraction_static, sc.max_running_requests * self.context_len)
         self.runner = ModelRunner(loaded.model, self.hf_config, max_total, sc.max_running_requests,
                                   self.context_len, dtype, mc.device)
-        self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool)
+        cache_kw = {} if config.cache.page_size is None else {"page_size": config.cache.page_size}
+        self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool, **cache_kw)
         self.builder = RequestBuilder(self)
         self.jump_forward = JumpForward(self.tokenizer, config.grammar.jump_forward)
         self.scheduler = Scheduler(sc, self.runner, self.cache, Sampler(), self.tokenizer, self.eos_token_ids,

@@ -1,13 +1,15 @@
 """Prefix caches over the KV pool, picked by name (Hydra group ``cache``).
 
 ``CACHE_MANAGERS`` maps config names to factories ``(token_to_kv_pool, **kw) -> CacheManager``:
-``radix`` (RadixCache, RadixAttention) and ``none`` (NoneCache, no reuse).
+``radix`` (RadixCache, RadixAttention), ``lru`` (LRUCache, vLLM-style page-granular
+chained-hash blocks) and ``none`` (NoneCache, no reuse).
 Other implementations register themselves with ``@CACHE_MANAGERS.register(name)``.
 """
 
 from __future__ import annotations
 
 from sgl.engine.cache.base import CacheManager, MatchResult
+from sgl.engine.cache.lru_cache import LRUCache
 from sgl.engine.cache.none_cache import NoneCache
 from sgl.engine.cache.radix_cache import RadixCache
 from sgl.registry import Registry
@@ -15,6 +17,7 @@ from sgl.registry import Registry
 CACHE_MANAGERS: Registry[CacheManager] = Registry("cache manager")
 CACHE_MANAGERS.register("radix")(RadixCache)
 CACHE_MANAGERS.register("none")(NoneCache)
+CACHE_MANAGERS.register("lru")(LRUCache)
 
 
 def make_cache_manager(name: str, token_to_kv_pool, **kw) -> CacheManager:
@@ -26,4 +29,4 @@ def make_cache_manager(name: str, token_to_kv_pool, **kw) -> CacheManager:
     return CACHE_MANAGERS.get(name)(token_to_kv_pool, **kw)
 
 
-__all__ = ["CACHE_MANAGERS", "CacheManager", "MatchResult", "NoneCache", "RadixCache", "make_cache_manager"]
+__all__ = ["CACHE_MANAGERS", "CacheManager", "LRUCache", "MatchResult", "NoneCache", "RadixCache", "make_cache_manager"]
