@@ -62,6 +62,18 @@ class SchedulerConfig:
     log_interval: int = 40
     check_integrity_when_idle: bool = True
 
+    def __post_init__(self):
+        positive = ("max_running_requests", "max_prefill_tokens")
+        for name in positive + (("max_total_tokens",) if self.max_total_tokens is not None else ()):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"scheduler.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.mem_fraction_static < 1:
+            raise ValueError(f"scheduler.mem_fraction_static must be in (0, 1), got {self.mem_fraction_static}")
+        if not 0 <= self.min_new_token_ratio <= self.init_new_token_ratio:
+            raise ValueError("scheduler needs 0 <= min_new_token_ratio <= init_new_token_ratio")
+        if self.log_interval < 0:
+            raise ValueError(f"scheduler.log_interval must be >= 0, got {self.log_interval}")
+
 
 @dataclass
 class AttentionConfig:
@@ -113,10 +125,11 @@ def to_engine_config(cfg: DictConfig | EngineConfig) -> EngineConfig:
         return cfg
     schema = OmegaConf.structured(EngineConfig)
     try:
-        merged = OmegaConf.merge(schema, cfg)
+        return OmegaConf.to_object(OmegaConf.merge(schema, cfg))
+    except ValueError:
+        raise
     except Exception as e:  # omegaconf raises ConfigKeyError / ValidationError
         raise ValueError(f"invalid config: {e}") from e
-    return OmegaConf.to_object(merged)
 
 
 def kwargs_to_overrides(kwargs: Dict[str, Any]) -> List[str]:

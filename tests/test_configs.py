@@ -59,3 +59,7 @@ def test_overrides_and_errors():
         compose_config(["cache=does_not_exist"])
     with pytest.raises(ValueError):
         compose_config(["++scheduler.max_running_requests=abc"])
+    with pytest.raises(ValueError, match="max_total_tokens must be > 0"):
+        compose_config(["scheduler.max_total_tokens=-5"])
+    with pytest.raises(ValueError, match="mem_fraction_static"):
+        compose_config(["scheduler.mem_fraction_static=1.5"])

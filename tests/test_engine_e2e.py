@@ -192,3 +192,54 @@ def test_shutdown_aborts_waiters_and_refuses_new_requests(chat_prompts):
     assert results[0]["meta_info"]["finish_reason"]["type"] == "abort"
     with pytest.raises(RuntimeError, match="shut down"):
         e.generate("Hi", {"max_new_tokens": 2})
+
+
+def test_closed_event_loop_of_one_stream_does_not_hurt_others(engine):
+    import asyncio
+    import threading
+
+    res = {}
+    other = threading.Thread(target=lambda: res.setdefault("o", engine.generate(
+        "Another user's request", {"max_new_tokens": 24, "ignore_eos": True})))
+    other.start()
+
+    async def read_one_chunk():
+        agen = await engine.async_generate("Write a long story", {"max_new_tokens": 24, "ignore_eos": True},
+                                           stream=True)
+        async for _ in agen:
+            break
+        await agen.aclose()
+
+    asyncio.run(read_one_chunk())  # the loop closes while the scheduler may still be sending
+    other.join(timeout=120)
+    assert res["o"]["meta_info"]["finish_reason"] == {"type": "length", "length": 24}
+    engine.check_integrity()
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda e: e.generate(123), "prompt"),
+    (lambda e: e.generate(b"hi"), "prompt"),
+    (lambda e: e.generate("hi \udcff"), "prompt"),
+    (lambda e: e.generate(input_ids=[[1, 2], 3]), "input_ids"),
+    (lambda e: e.generate("hi", {"seed": 2**64}), "sampling_seed"),
+])
+def test_bad_input_types_raise_value_errors(engine, call, field):
+    with pytest.raises(ValueError, match=field):
+        call(engine)
+
+
+def test_tensor_input_ids_and_duplicate_rids(engine):
+    ids = engine.tokenizer("Hello there")["input_ids"]
+    a = engine.generate(input_ids=torch.tensor(ids), sampling_params=GREEDY)
+    b = engine.generate(input_ids=ids, sampling_params=GREEDY)
+    assert a["output_ids"] == b["output_ids"]
+    with pytest.raises(ValueError, match="rid"):
+        engine.generate(["a", "b"], GREEDY, rid=["same", "same"])
+    assert engine.generate("a", GREEDY, rid="same")["meta_info"]["id"] == "same"  # free again once finished
+
+
+def test_constrained_logprobs_cover_every_output_token(engine):
+    out = engine.generate("Name: ", {"max_new_tokens": 20, "temperature": 0, "regex": r"Name is (Alice|Bob)ert and more"},
+                          return_logprob=True)
+    assert len(out["meta_info"]["output_token_logprobs"]) == out["meta_info"]["completion_tokens"]
+    assert [t for _, t, _ in out["meta_info"]["output_token_logprobs"]] == out["output_ids"]

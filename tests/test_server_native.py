@@ -165,6 +165,19 @@ def test_dropped_stream_aborts_and_frees_kv(server, engine):
     assert post(server, "/generate", {"text": PROMPT, "sampling_params": GREEDY}).status_code == 200
 
 
+def test_dropped_non_streaming_client_aborts_and_frees_kv(server, engine):
+    base = wait_idle(server)
+    aborted_before = base["stats"]["num_aborted"]
+    with pytest.raises(requests.exceptions.Timeout):
+        requests.post(server.url + "/generate", json={
+            "text": "Write a very long story about a dragon.",
+            "sampling_params": {"max_new_tokens": 2000, "temperature": 0.0, "ignore_eos": True}}, timeout=2)
+    info = wait_idle(server, timeout=60)
+    assert info["stats"]["num_aborted"] == aborted_before + 1
+    assert info["available_kv_tokens"] + info["cache_evictable_tokens"] == info["max_total_num_tokens"]
+    engine.check_integrity()
+
+
 def test_flush_cache_refused_during_stream_and_stream_intact(server):
     wait_idle(server)
     params = {"max_new_tokens": 32, "temperature": 0.0, "ignore_eos": True}

@@ -74,6 +74,8 @@ class Engine:
         cache_kw = {} if config.cache.page_size is None else {"page_size": config.cache.page_size}
         self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool, **cache_kw)
         self.builder = RequestBuilder(self)
+        self._rids: set = set()
+        self._rids_lock = threading.Lock()
         self.jump_forward = JumpForward(self.tokenizer, config.grammar.jump_forward)
         self.scheduler = Scheduler(sc, self.runner, self.cache, Sampler(), self.tokenizer, self.eos_token_ids,
                                    self.builder.new_detokenizer, self.jump_forward)
@@ -99,6 +101,7 @@ class Engine:
         """
         reqs, single = self.builder.build(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
                                           top_logprobs_num, return_text_in_logprobs, stream, rid, image_data)
+        self._reserve_rids(reqs)
         if stream:
             return self._stream(reqs[0])
         sinks = [self._submit(r) for r in reqs]
@@ -106,9 +109,18 @@ class Engine:
         return outs[0] if single else outs
 
     def _submit(self, r: Req, loop=None) -> OutputSink:
-        r.sink = OutputSink(loop)
+        r.sink = OutputSink(loop, on_final=lambda: self._rids.discard(r.rid))
         self.scheduler.add_request(r)
         return r.sink
+
+    def _reserve_rids(self, reqs: List[Req]) -> None:
+        """Raises ValueError when a request id is already in flight (ids must be unique to abort by id)."""
+        with self._rids_lock:
+            ids = [r.rid for r in reqs]
+            clash = [i for i in ids if i in self._rids] or [i for i in set(ids) if ids.count(i) > 1]
+            if clash:
+                raise ValueError(f"rid {clash[0]!r} is already in use by a request in flight")
+            self._rids.update(ids)
 
     @staticmethod
     def _wait_final(sink: OutputSink) -> Dict[str, Any]:
@@ -139,6 +151,7 @@ class Engine:
         """asyncio variant of :meth:`generate`; with ``stream=True`` returns an async iterator."""
         reqs, single = self.builder.build(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
                                           top_logprobs_num, return_text_in_logprobs, stream, rid, image_data)
+        self._reserve_rids(reqs)
         loop = asyncio.get_running_loop()
         if stream:
             return self._astream(reqs[0], self._submit(reqs[0], loop))

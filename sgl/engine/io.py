@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from sgl.engine.req import Req
 
@@ -35,20 +35,29 @@ class OutputSink:
     """Receives snapshots of one request from the scheduler thread.
 
     ``get()`` blocks (threads); with ``loop`` set, ``aget()`` awaits (asyncio).
-    Non-streaming sinks keep only the final result.
+    ``on_final`` runs (on the scheduler thread) when the final result is put.
     """
 
-    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None):
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None,
+                 on_final: Optional[Callable[[], None]] = None):
         self.loop = loop
+        self.on_final = on_final
         self._q: Any = asyncio.Queue() if loop is not None else queue.Queue()
         self.finished = False
 
-    def put(self, r: Req, final: bool) -> None:
+    def put(self, r: Req, final: bool) -> bool:
+        """Deliver a snapshot; returns False when the consumer is gone (its event loop closed)."""
+        if final and self.on_final is not None:
+            self.on_final()
         item = (build_output(r, final), final)
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._q.put_nowait, item)
-        else:
+        if self.loop is None:
             self._q.put(item)
+            return True
+        try:
+            self.loop.call_soon_threadsafe(self._q.put_nowait, item)
+        except RuntimeError:  # "Event loop is closed": nobody will read this request's results
+            return False
+        return True
 
     def get(self, timeout: Optional[float] = None):
         """Next ``(output, final)``; raises TimeoutError after ``timeout`` seconds."""

@@ -14,8 +14,9 @@ canonically (``tokenizer.encode(S)``), giving tokens T, and:
 Both modes therefore feed the model the same tokens and produce identical
 greedy outputs; jump-forward only saves forward passes. Forced text is
 tokenized on its own (the previous tokens are kept, never re-tokenized), so
-the KV of everything already computed stays valid. Forced tokens are not
-sampled, so they carry no output logprobs in jump-forward mode.
+the KV of everything already computed stays valid. Requests that return
+logprobs step through forced tokens one at a time (as SGLang does), so every
+output token has its logprob.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class JumpForward:
         if not ids:
             return []
         room = r.sampling_params.max_new_tokens - len(r.output_ids)
-        if not self.enabled or len(ids) > room:
+        if not self.enabled or r.logprob.enabled or len(ids) > room:
             r.forced_tokens = ids  # one decode step per forced token (plain constrained decoding)
             return []
         g.accept_string(text)

@@ -75,15 +75,21 @@ class RequestBuilder:
             raise ValueError("give exactly one of 'text'/'prompt' or 'input_ids'")
         if prompt is not None:
             single = isinstance(prompt, str)
+            if not single and not isinstance(prompt, (list, tuple)):
+                raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
             prompts = [prompt] if single else list(prompt)
             for p in prompts:
-                if not isinstance(p, str):
-                    raise ValueError(f"prompt must be a string or a list of strings, got {type(p).__name__}")
-                if not p:
-                    raise ValueError("prompt is empty")
+                _check_text(p)
             token_lists = [self.tokenize(p) for p in prompts]
         else:
-            single = not input_ids or not isinstance(input_ids[0], (list, tuple))
+            if hasattr(input_ids, "tolist"):  # a tensor or array of token ids
+                input_ids = input_ids.tolist()
+            if not isinstance(input_ids, (list, tuple)):
+                raise ValueError(f"input_ids must be a list of ints or a list of lists, got {type(input_ids).__name__}")
+            nested = [isinstance(x, (list, tuple)) for x in input_ids]
+            if any(nested) and not all(nested):
+                raise ValueError("input_ids mixes token ids and lists of token ids")
+            single = not any(nested)
             token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
         if not token_lists:
             raise ValueError("no prompts given")
@@ -154,7 +160,7 @@ class RequestBuilder:
         e, p = self.engine, r.sampling_params
         room = e.context_len - len(r.input_ids)
         if p.max_new_tokens > room:  # clip to the context window, as SGLang does
-            p = r.sampling_params = _replace(p, max_new_tokens=room)
+            p = r.sampling_params = _replace(p, max_new_tokens=room, min_new_tokens=min(p.min_new_tokens, room))
         if p.sampling_seed is not None:
             r.generator = torch.Generator().manual_seed(int(p.sampling_seed) + k)
         if p.regex is not None or p.json_schema is not None:
@@ -164,6 +170,18 @@ class RequestBuilder:
         if r.grammar is not None:
             e.jump_forward.start(r)
             r.raw_text = r.detokenizer.text
+
+
+def _check_text(p) -> None:
+    """Raises ValueError for a non-string, empty or non-UTF-8-encodable (lone surrogate) prompt."""
+    if not isinstance(p, str):
+        raise ValueError(f"prompt must be a string or a list of strings, got {type(p).__name__}")
+    if not p:
+        raise ValueError("prompt is empty")
+    try:
+        p.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"prompt is not valid Unicode text ({e.reason} at position {e.start})") from None
 
 
 def _replace(p: SamplingParams, **changes) -> SamplingParams:

@@ -325,9 +325,11 @@ class Scheduler:
         self.emit(r, final=True)
 
     def emit(self, r: Req, final: bool) -> None:
+        """Send the request's current result to its caller; abort it if the caller is gone."""
         r.sent_text_len = len(r.text)
-        if r.sink is not None:
-            r.sink.put(r, final)
+        if r.sink is not None and not r.sink.put(r, final) and not final:
+            r.finish_reason = FinishReason.abort("the client went away")
+            self.finish(r)
 
     def abort(self, rid: str, message: str = "aborted by client") -> bool:
         for q in (self.running, self.pending, self.waiting):

@@ -110,6 +110,8 @@ def _is_union_tag(part: object) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from sgl.server.generation import ClientDisconnected
+
     """Register handlers so that every error leaves the server as OpenAI-style JSON."""
 
     @app.exception_handler(RequestValidationError)
@@ -124,6 +126,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValueError)
     async def _value_error(_: Request, exc: ValueError) -> JSONResponse:
         return error_response(str(exc) or "Invalid request.", 400)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, exc: ClientDisconnected) -> JSONResponse:
+        return error_response(str(exc), 499)  # nobody reads it: the client is gone
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

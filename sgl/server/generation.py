@@ -15,6 +15,8 @@ Routes never call ``engine.async_generate`` directly; they go through
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import uuid
 from typing import Any, AsyncIterator
@@ -94,6 +96,13 @@ class GenerationStream:
             self._close(None)
 
 
+DISCONNECT_POLL_S = 1.0  # seconds between client-connection checks of a non-streaming request
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client left before its non-streaming result was ready (the request was aborted)."""
+
+
 class GenerationService:
     """Wraps an engine's ``async_generate`` for the HTTP routes.
 
@@ -108,11 +117,15 @@ class GenerationService:
         self.metrics = metrics
         self.inflight: set[str] = set()
 
-    async def generate(self, **kwargs: Any) -> dict | list[dict]:
+    async def generate(self, request: Any = None, **kwargs: Any) -> dict | list[dict]:
         """Non-streaming generation; same arguments and result as ``engine.async_generate``.
+
+        With ``request`` (the starlette Request), the client connection is polled every
+        DISCONNECT_POLL_S seconds and the generation is aborted (its KV freed) if the client left.
 
         Raises:
             ValueError: the engine rejected the request (becomes HTTP 400).
+            ClientDisconnected: the client went away before the result was ready.
         """
         rids = kwargs.get("rid")
         if rids is None:
@@ -124,7 +137,17 @@ class GenerationService:
         timer = RequestTimer(self.metrics)
         out = None
         try:
-            out = await self.engine.async_generate(**kwargs, stream=False)
+            task = asyncio.ensure_future(self.engine.async_generate(**kwargs, stream=False))
+            while request is not None:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    task.cancel()  # async_generate aborts its requests when cancelled
+                    for rid in tracked:
+                        self.engine.abort_request(rid)
+                    raise ClientDisconnected(f"client disconnected; aborted {tracked}")
+            out = await task
         finally:
             timer.finish(_meta_list(out) if out is not None else None)
             self.inflight.difference_update(tracked)

@@ -46,7 +46,7 @@ async def generate(req: GenerateReqInput, request: Request) -> Response:
     if req.rid is not None:
         kwargs["rid"] = req.rid
     if not req.stream:
-        return SafeJSONResponse(await service.generate(**kwargs))
+        return SafeJSONResponse(await service.generate(request, **kwargs))
 
     stream = await service.open_stream(**kwargs)
 

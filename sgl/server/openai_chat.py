@@ -106,6 +106,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Resp
 
     if not req.stream:
         outs = await service.generate(
+            request,
             input_ids=[k["input_ids"] for k in all_kwargs],
             sampling_params=[k["sampling_params"] for k in all_kwargs],
             return_logprob=req.logprobs, top_logprobs_num=all_kwargs[0]["top_logprobs_num"],

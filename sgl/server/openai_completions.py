@@ -64,7 +64,7 @@ async def completions(req: CompletionRequest, request: Request) -> Response:
     params = [sampling_params_for(req, req.max_tokens, i) for i in range(len(items))]
 
     if not req.stream:
-        outs = await service.generate(**{kind: [prompt for _, prompt in items]}, sampling_params=params,
+        outs = await service.generate(request, **{kind: [prompt for _, prompt in items]}, sampling_params=params,
                                       **common)
         choices = []
         for i, out in enumerate(outs):

@@ -195,6 +195,8 @@ class SamplingParams:
             ValueError: naming the offending field.
         """
         self._check_types()
+        if self.sampling_seed is not None and not 0 <= self.sampling_seed < 2**63:
+            raise ValueError(f"sampling_seed must be in [0, 2**63), got {self.sampling_seed}")
         for name in _FLOAT_FIELDS:
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
