@@ -146,7 +146,7 @@ class LRUCache(CacheManager):
             blocks.append(b)
         now = next(self._clock)
         for b in blocks:
-            pass
+            b.last_access_time = now
         kv = torch.cat([b.slots for b in blocks]) if blocks else self._empty()
         return MatchResult(kv_indices=kv, handle=tuple(blocks))
 
@@ -176,7 +176,7 @@ class LRUCache(CacheManager):
                 already = start + ps
             else:
                 self.token_to_kv_pool.free(kv_indices[start : start + ps])
-            pass
+            b.last_access_time = now
             cached = start + ps
         return already, cached
 
