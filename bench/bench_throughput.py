@@ -55,14 +55,12 @@ def shared_prefix(engine, n=32, new_tokens=16):
     tok = engine.tokenizer
     prompts = [chat(tok, f"{QUESTIONS[i % len(QUESTIONS)]} (request {i})", SYSTEM) for i in range(n)]
     engine.flush_cache()
-    before = engine.get_server_info()["stats"]
     t0 = time.perf_counter()
     outs = engine.generate(prompts, {"temperature": 0, "max_new_tokens": new_tokens, "ignore_eos": True})
     dt = time.perf_counter() - t0
     prompt = sum(o["meta_info"]["prompt_tokens"] for o in outs)
     cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
     gen = sum(o["meta_info"]["completion_tokens"] for o in outs)
-    del before
     return {"hit": cached / prompt, "req_s": n / dt, "tok_s": (prompt + gen) / dt, "s": dt}
 
 
@@ -93,13 +91,16 @@ def main():
 
     radix = shared_prefix(engine)
     engine.shutdown()
-    none_engine = sgl.Engine(cache="none", log_interval=0, attention=args.attention)
-    none = shared_prefix(none_engine)
-    none_engine.shutdown()
+    results = {"radix": radix}
+    for name in ("lru", "none"):
+        other = sgl.Engine(cache=name, log_interval=0, attention=args.attention)
+        results[name] = shared_prefix(other)
+        other.shutdown()
+    none = results["none"]
     print()
     print("shared system prompt, 32 requests x 16 new tokens")
     print(f"{'cache':>6} | {'hit rate':>8} | {'req/s':>6} | {'tok/s':>8} | {'wall s':>6}")
-    for name, r in (("radix", radix), ("none", none)):
+    for name, r in results.items():
         print(f"{name:>6} | {100 * r['hit']:>7.1f}% | {r['req_s']:>6.2f} | {r['tok_s']:>8.1f} | {r['s']:>6.2f}")
     print(f"radix / none throughput: {radix['req_s'] / none['req_s']:.2f}x")
 
