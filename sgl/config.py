@@ -37,6 +37,10 @@ class CacheConfig:
     name: str = "radix"
     page_size: Optional[int] = None
 
+    def __post_init__(self):
+        if self.page_size is not None and self.name != "lru":
+            raise ValueError(f"cache.page_size applies to page-granular caches (lru), not cache={self.name}")
+
 
 @dataclass
 class SchedulerConfig:
