@@ -36,7 +36,9 @@ def test_json_schema_output_validates(engine):
               "required": ["name", "age"]}
     out = engine.generate(_chat(engine, "Describe a person as JSON."),
                           {"json_schema": json.dumps(schema), "temperature": 0, "max_new_tokens": 64})
-    jsonschema.validate(json.loads(out["text"]), schema)
+    data = json.loads(out["text"])
+    jsonschema.validate(data, schema)
+    assert isinstance(data["age"], int) and len(data["name"]) <= 12
 
 
 def test_mixed_batch_and_stop_with_regex(engine):

@@ -99,14 +99,16 @@ def test_is_greedy():
 
 
 def test_zero_max_new_tokens_is_valid():
-    SamplingParams(max_new_tokens=0).verify(VOCAB)
+    p = SamplingParams(max_new_tokens=0)
+    assert p.verify(VOCAB) is None and p.max_new_tokens == 0  # verify raises on invalid values
 
 
 def test_boundary_values_are_valid():
-    SamplingParams(temperature=100.0, top_p=1.0, top_k=1, min_p=1.0, frequency_penalty=-2.0,
-                   presence_penalty=2.0, repetition_penalty=2.0, min_new_tokens=128,
-                   stop_token_ids=[0, VOCAB - 1], logit_bias={VOCAB - 1: 100.0}).verify(VOCAB)
-    SamplingParams(min_p=0.0, top_k=VOCAB * 10).verify(VOCAB)
+    edge = SamplingParams(temperature=100.0, top_p=1.0, top_k=1, min_p=1.0, frequency_penalty=-2.0,
+                          presence_penalty=2.0, repetition_penalty=2.0, min_new_tokens=128,
+                          stop_token_ids=[0, VOCAB - 1], logit_bias={VOCAB - 1: 100.0})
+    assert edge.verify(VOCAB) is None  # verify raises on invalid values
+    assert SamplingParams(min_p=0.0, top_k=VOCAB * 10).verify(VOCAB) is None
 
 
 @pytest.mark.parametrize("kwargs,field", [
