@@ -72,5 +72,4 @@ class JumpForward:
             return []
         g.accept_string(text)
         r.output_ids.extend(ids)
-        r.jump_forward_tokens += len(ids)
         return ids

@@ -53,7 +53,6 @@ class Req:
     # per-request helpers set by the scheduler
     grammar: Any = None
     forced_tokens: List[int] = field(default_factory=list)  # queued forced tokens (jump-forward off)
-    jump_forward_tokens: int = 0
     generator: Optional[torch.Generator] = None
     detokenizer: Any = None
     stop_checker: Any = None
@@ -70,7 +69,6 @@ class Req:
     text: str = ""  # visible output text (stop strings trimmed / held back)
     sent_text_len: int = 0
     num_retractions: int = 0
-    aborted: bool = False
 
     created_time: float = field(default_factory=time.perf_counter)
     first_token_time: Optional[float] = None
@@ -92,6 +90,3 @@ class Req:
     def extend_remaining(self) -> int:
         """Tokens still to be run through the model before the next sampling (>= 1)."""
         return self.seq_len - self.kv_len
-
-    def finished(self) -> bool:
-        return self.finish_reason is not None

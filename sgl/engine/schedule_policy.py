@@ -33,8 +33,6 @@ class SchedulePolicy(ABC):
     """Orders ``waiting`` in place. May call ``cache.match_prefix`` to compute each
     request's ``prefix_indices``/``last_handle``; the scheduler re-matches at admission anyway."""
 
-    needs_prefix_match: bool = False
-
     @abstractmethod
     def sort(self, waiting: List[Req], cache) -> None:
         ...
@@ -54,7 +52,6 @@ class LongestPrefixMatchPolicy(SchedulePolicy):
     requests (> 128, as SGLang does) matching every one costs more than it gains,
     so it falls back to fcfs."""
 
-    needs_prefix_match = True
     max_queue_for_matching = 128
 
     def sort(self, waiting: List[Req], cache) -> None:
@@ -71,8 +68,6 @@ class LongestPrefixMatchPolicy(SchedulePolicy):
 @SCHEDULE_POLICIES.register("dfs-weight")
 class DFSWeightPolicy(SchedulePolicy):
     """Groups requests by the cache node their prefix ends in; larger groups first, then arrival."""
-
-    needs_prefix_match = True
 
     def sort(self, waiting: List[Req], cache) -> None:
         handles = {}

@@ -61,7 +61,6 @@ class Scheduler:
         self._inbox: "queue.Queue" = queue.Queue()
         self._stop = threading.Event()
         self._idle_checked = True
-        self.on_step: Optional[Callable[[], None]] = None
 
     # ------------------------------------------------------------ thread-safe API
     def add_request(self, req: Req) -> None:
