@@ -47,9 +47,12 @@ class RequestBuilder:
         with self._grammar_lock:
             if self._grammar_backend is None:
                 from sgl.grammar import make_grammar_backend
-                self._grammar_backend = make_grammar_backend(
-                    self.engine.config.grammar.backend, self.engine.tokenizer, self.engine.vocab_size,
-                    eos_token_ids=self.engine.eos_token_ids, **self._backend_options())
+
+                e = self.engine
+                # built on the scheduler thread, like all of the engine's torch work (see Engine.__init__)
+                self._grammar_backend = e.scheduler.call(lambda _: make_grammar_backend(
+                    e.config.grammar.backend, e.tokenizer, e.vocab_size, eos_token_ids=e.eos_token_ids,
+                    **self._backend_options())).result()
             return self._grammar_backend
 
     def _backend_options(self) -> dict:
