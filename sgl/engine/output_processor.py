@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from sgl.engine.req import Req
-from sgl.engine.sampling.logprobs import compute_logprobs, get_top_logprobs, to_triples
+from sgl.engine.sampling.logprobs import compute_logprobs, gather_token_logprobs, get_top_logprobs, to_triples
 from sgl.engine.sampling.sampler import SamplingBatchInfo
 
 
@@ -25,7 +25,7 @@ class OutputProcessor:
         ``first_pos + j``; each predicts the token at the next position."""
         lp = compute_logprobs(logits)
         nxt = torch.tensor(r.input_ids[first_pos + 1:first_pos + 1 + logits.shape[0]], dtype=torch.int64)
-        vals = lp[torch.arange(nxt.numel()), nxt]
+        vals = gather_token_logprobs(lp, nxt)
         tok = self.s.tokenizer if r.logprob.return_text else None
         r.input_token_logprobs.extend(to_triples(vals, nxt, tok))
         if r.logprob.top_logprobs_num:
