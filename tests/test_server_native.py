@@ -220,7 +220,8 @@ def test_abort_request_by_rid(server):
         lines = res.iter_lines()
         first = next(line for line in lines if line.startswith(b"data:"))
         assert json.loads(first[5:])["meta_info"]["id"] == rid
-        assert post(server, "/abort_request", {"rid": rid}).json()["success"] is True
+        assert post(server, "/abort_request", {"rid": rid}).json() == {"success": True, "aborted": 1}
         chunks, done = sse_payloads(lines)
+    assert post(server, "/abort_request", {"rid": "no-such-rid"}).json() == {"success": True, "aborted": 0}
     assert done and chunks[-1]["meta_info"]["finish_reason"]["type"] == "abort"
     assert chunks[-1]["meta_info"]["completion_tokens"] < 400

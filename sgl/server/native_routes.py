@@ -173,8 +173,9 @@ async def abort_request(request: Request) -> Response:
     service = _state(request).generation
     if req.abort_all:
         return SafeJSONResponse({"success": True, "aborted": service.abort_all()})
+    known = req.rid in service.inflight  # requests this server is serving now
     service.abort(req.rid)
-    return SafeJSONResponse({"success": True, "aborted": 1})
+    return SafeJSONResponse({"success": True, "aborted": int(known)})
 
 
 @router.get("/metrics")
