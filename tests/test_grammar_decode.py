@@ -16,7 +16,7 @@ import torch
 
 from sgl.grammar import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR, BuiltinGrammarBackend, make_grammar_backend
 from sgl.grammar.examples import CHARACTER_REGEX, IPV4_REGEX
-from sgl.grammar.simulate import load_bundled_tokenizer, random_logits, sample_match, simulate_decode
+from sgl.grammar.simulate import random_logits, sample_match, simulate_decode
 
 IPV4 = IPV4_REGEX
 EMAIL = r"[a-z0-9._%+-]{1,12}@[a-z0-9-]{1,10}\.(com|org|net)"
@@ -25,18 +25,7 @@ ESCAPES = r"\$\d{1,3}\.\d{2} \(USD\)|\[[a-f]{2,4}\]\\|\t[^\x00-\x7f]{1,3}"
 CHARACTER = CHARACTER_REGEX
 PADDING = 64  # logits wider than the tokenizer, as with padded embeddings
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_bundled_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

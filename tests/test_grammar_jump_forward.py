@@ -6,26 +6,14 @@ from __future__ import annotations
 
 import pytest
 import regex as regex_mod
-import torch
 
 from sgl.grammar import jump_forward_retokenize, make_grammar_backend
-from sgl.grammar.simulate import (TargetTextLogits, load_bundled_tokenizer, random_logits, sample_match,
+from sgl.grammar.simulate import (TargetTextLogits, random_logits, sample_match,
                                   simulate_decode)
 from sgl.grammar.examples import CHARACTER_REGEX as CHARACTER
 from sgl.grammar.examples import IPV4_REGEX as IPV4
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_bundled_tokenizer()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,10 @@ import torch
 
 from sgl.grammar import make_grammar_backend
 from sgl.grammar.examples import IPV4_REGEX as IPV4
-from sgl.grammar.simulate import load_bundled_tokenizer, random_logits, sample_match, simulate_decode
+from sgl.grammar.simulate import random_logits, sample_match, simulate_decode
 
 xgrammar = pytest.importorskip("xgrammar")
 UNICODE = r"(你好|世界|😀){4}"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_bundled_tokenizer()
 
 
 @pytest.fixture(scope="module")
