@@ -133,3 +133,31 @@ def test_dfs_weight_groups_shared_prefixes():
                _make_req("b", [1, 2, 3, 8], 2.0), _make_req("c", [1, 2, 3, 9], 3.0)]
     make_schedule_policy("dfs-weight").sort(waiting, cache)
     assert [r.rid for r in waiting] == ["a", "b", "c", "x"]  # the larger group under [1,2,3] first
+
+
+@pytest.mark.slow
+def test_failed_step_aborts_batch_and_engine_recovers(chat_prompts):
+    """A step that raises fails only the requests holding KV; the pools are rebuilt and serving goes on."""
+    e = sgl.Engine(log_interval=0, max_total_tokens=2048)
+    try:
+        real = e.runner.forward_decode
+        calls = {"n": 0}
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("injected failure")
+            return real(*args, **kwargs)
+
+        e.runner.forward_decode = flaky
+        out = e.generate(chat_prompts[0], {"max_new_tokens": 8, "ignore_eos": True})
+        assert out["meta_info"]["finish_reason"]["type"] == "abort"
+        assert "injected failure" in out["meta_info"]["finish_reason"]["message"]
+        ok = e.generate(chat_prompts[0], {"max_new_tokens": 8, "ignore_eos": True, "temperature": 0})
+        assert ok["meta_info"]["completion_tokens"] == 8
+        e.check_integrity()
+        assert e.flush_cache()
+        info = e.get_server_info()
+        assert info["available_kv_tokens"] == info["max_total_num_tokens"] == 2048
+    finally:
+        e.shutdown()

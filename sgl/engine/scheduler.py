@@ -104,7 +104,7 @@ class Scheduler:
                 worked = self.step()
             except Exception as e:  # keep serving: fail the batch, not the engine
                 logger.error("scheduler step failed: %s\n%s", e, traceback.format_exc())
-                self._abort_all_active(f"internal error: {e}")
+                self._recover(f"internal error: {e}")
                 worked = True
             if worked:
                 self._idle_checked = False
@@ -339,13 +339,26 @@ class Scheduler:
                     return True
         return False
 
-    def _abort_all_active(self, message: str) -> None:
+    def _recover(self, message: str) -> None:
+        """After a failed step: abort the requests holding KV (waiting ones keep their place), then, as the
+        failed step may have allocated slots nobody tracks, rebuild the pools from scratch."""
         for r in list(self.running + self.pending):
+            r.finish_reason = FinishReason.abort(message)
             try:
-                r.finish_reason = FinishReason.abort(message)
                 self.finish(r)
-            except Exception:  # KV state may be inconsistent; drop the row
+            except Exception:  # its KV bookkeeping is inconsistent: the reset below reclaims it
                 logger.error("could not release %s cleanly", r.rid)
+                for q in (self.running, self.pending):
+                    if r in q:
+                        q.remove(r)
+                self.emit(r, final=True)
+        try:
+            self.cache.reset()
+        except Exception as e:  # still locked somewhere: leave the pools alone rather than double-own slots
+            logger.error("could not reset the cache after a failed step: %s", e)
+            return
+        self.pool.clear()
+        self.req_to_token_pool.clear()
 
     # ------------------------------------------------------------ grammar helpers
     def on_jump_forward(self, r: Req, n: int) -> None:
