@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
 from sgl.lang.chat_template import ChatTemplate, get_chat_template
-from sgl.backends.scoring import select_by_prompt_logprobs
+from sgl.backends.scoring import score_by_start, select_by_prompt_logprobs
 from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sgl.lang.hf_chat_template import chat_template_from_tokenizer
 from sgl.lang.ir import SglSamplingParams
@@ -151,17 +151,13 @@ class EngineBackend(Backend):
     # -- select -------------------------------------------------------------------------
     def _score(self, input_ids: List[List[int]], starts: List[int]) -> List[dict]:
         """Prefill each sequence with max_new_tokens=0, logprobs from its start (grouped by start)."""
-        outs: List[Optional[dict]] = [None] * len(input_ids)
-        for start in sorted(set(starts)):
-            idx = [i for i, s in enumerate(starts) if s == start]
-            res = self.engine.generate(
-                input_ids=[input_ids[i] for i in idx],
-                sampling_params=[{"max_new_tokens": 0, "temperature": 0.0} for _ in idx],
-                return_logprob=True, logprob_start_len=start, return_text_in_logprobs=True)
+        def prefill(ids: List[List[int]], start: int) -> List[dict]:
+            params = [{"max_new_tokens": 0, "temperature": 0.0} for _ in ids]
+            res = self.engine.generate(input_ids=ids, sampling_params=params, return_logprob=True,
+                                       logprob_start_len=start, return_text_in_logprobs=True)
             self._record(res)
-            for i, r in zip(idx, res):
-                outs[i] = r
-        return outs  # type: ignore[return-value]
+            return res
+        return score_by_start(prefill, input_ids, starts)
 
     def select(self, prompt: Prompt, choices: List[str], temperature: float,
                choices_method: ChoicesSamplingMethod) -> ChoicesDecision:

@@ -29,7 +29,7 @@ import requests
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
 from sgl.lang.chat_template import ChatTemplate, get_chat_template, match_chat_template
-from sgl.backends.scoring import select_by_prompt_logprobs
+from sgl.backends.scoring import score_by_start, select_by_prompt_logprobs
 from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 from sgl.lang.ir import SglSamplingParams
 
@@ -212,16 +212,10 @@ class RuntimeEndpoint(Backend):
         return res.json()["tokens"]
 
     def _score(self, input_ids: List[List[int]], starts: List[int]) -> List[dict]:
-        outs: List[Optional[dict]] = [None] * len(input_ids)
-        for start in sorted(set(starts)):
-            idx = [i for i, s in enumerate(starts) if s == start]
-            res = self.raw_generate({
-                "input_ids": [input_ids[i] for i in idx],
-                "sampling_params": [{"max_new_tokens": 0, "temperature": 0.0} for _ in idx],
-                "return_logprob": True, "logprob_start_len": start, "return_text_in_logprobs": True})
-            for i, r in zip(idx, res):
-                outs[i] = r
-        return outs  # type: ignore[return-value]
+        return score_by_start(lambda ids, start: self.raw_generate({
+            "input_ids": ids, "sampling_params": [{"max_new_tokens": 0, "temperature": 0.0} for _ in ids],
+            "return_logprob": True, "logprob_start_len": start, "return_text_in_logprobs": True}),
+            input_ids, starts)
 
     def select(self, prompt: Prompt, choices: List[str], temperature: float,
                choices_method: ChoicesSamplingMethod) -> ChoicesDecision:

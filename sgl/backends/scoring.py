@@ -16,6 +16,19 @@ from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_
 
 # score(input_ids_per_choice, logprob_start_per_choice) -> one /generate result dict per choice
 ScoreFn = Callable[[List[List[int]], List[int]], List[dict]]
+# prefill(input_ids_list, logprob_start_len) -> one /generate result dict per sequence
+PrefillFn = Callable[[List[List[int]], int], List[dict]]
+
+
+def score_by_start(prefill: PrefillFn, input_ids: List[List[int]], starts: List[int]) -> List[dict]:
+    """Prefill every sequence (max_new_tokens=0) with prompt logprobs from its own start position,
+    one batched request per distinct start; results come back in input order."""
+    outs: List[dict] = [{}] * len(input_ids)
+    for start in sorted(set(starts)):
+        idx = [i for i, s in enumerate(starts) if s == start]
+        for i, r in zip(idx, prefill([input_ids[i] for i in idx], start)):
+            outs[i] = r
+    return outs
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
