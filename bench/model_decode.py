@@ -3,7 +3,7 @@
 Prefills a short chat prompt per request, then runs greedy DECODE steps and
 reports tokens/s (generated tokens / wall time of the decode steps only).
 
-    python bench/model_decode.py [--model PATH] [--steps 64] [--batch 1 8] [--threads N] [--no-prepack]
+    python bench/model_decode.py [--model PATH] [--steps 64] [--batch 1 8] [--threads N] [--no-prepack] [--no-torch-compile]
 
 On a CPU shared with other busy processes, run with OMP_WAIT_POLICY=PASSIVE (or
 --threads 1): spinning OpenMP workers otherwise slow every op many-fold.
@@ -56,13 +56,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-prepack", action="store_true", help="plain F.linear instead of oneDNN-packed weights")
+    ap.add_argument("--no-torch-compile", action="store_true",
+                    help="eager single-token steps (no sgl.models.compiled_decode)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    lm = load_model(args.model, cpu_prepack=not args.no_prepack)
+    lm = load_model(args.model, cpu_prepack=not args.no_prepack, torch_compile=not args.no_torch_compile)
     print(f"load_model: {time.perf_counter() - t0:.2f} s ({lm.model_dir}); threads={torch.get_num_threads()}, "
-          f"prepack={not args.no_prepack}")
+          f"prepack={not args.no_prepack}, torch_compile={lm.model.torch_compiled}")
     for bs in args.batch:
         wall, cpu = run(lm, bs, args.steps)
         print(f"batch {bs}: {wall:.1f} tokens/s wall, {cpu:.1f} tokens per CPU-second")

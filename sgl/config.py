@@ -21,13 +21,16 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 @dataclass
 class ModelConfig:
     """name: config name; path: HF directory or .gguf file (None = the bundled SmolLM2-135M-Instruct GGUF);
-    dtype: torch dtype name; device: torch device; context_length: override of the model's max positions (tokens)."""
+    dtype: torch dtype name; device: torch device; context_length: override of the model's max positions (tokens);
+    enable_torch_compile: run single-token (batch-1 decode) steps through torch.compile'd layer regions
+    (sgl/models/compiled_decode.py; needs a C++ compiler, else the eager model is used with a warning)."""
     name: str = "smollm2_135m"
     path: Optional[str] = None
     dtype: str = "float32"
     device: str = "cpu"
     context_length: Optional[int] = None
     chat_template: Optional[str] = None
+    enable_torch_compile: bool = True
 
 
 @dataclass

@@ -191,3 +191,51 @@ def test_cpu_prepacked_linears_match_hf(name):
     torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
     ours.load_weights(hf.state_dict().items())  # reloading drops the (now stale) packed copies
     assert all(m.packed_weight is None for m in ours.modules() if hasattr(m, "packed_weight"))
+
+
+@pytest.mark.parametrize("name", ["llama-bias-linearrope", "qwen2-tied"])
+def test_torch_compiled_single_token_steps_match_hf(name, monkeypatch):
+    """With enable_torch_compile, one-token extends and batch-1 decodes take the compiled
+    regions (counted) and still match transformers; a 2-row decode stays eager."""
+    from sgl.models.llama import LlamaDecoderLayer
+
+    cfg, hf, ours, book = build(*CONFIGS[name])
+    ours.enable_torch_compile()
+    calls = []
+    original = LlamaDecoderLayer.compiled_post_attention
+    monkeypatch.setattr(LlamaDecoderLayer, "compiled_post_attention",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    gen = torch.Generator().manual_seed(6)
+    seqs = [rand_tokens(1, gen), rand_tokens(5, gen)]
+    rows = [book.new_request() for _ in seqs]
+    torch.testing.assert_close(run(ours, book.extend(rows[:1], seqs[:1])), hf_logits(hf, seqs[0]), atol=ATOL, rtol=0)
+    assert len(calls) == cfg.num_hidden_layers
+    run(ours, book.extend(rows[1:], seqs[1:]))
+    for step in range(3):
+        nxt = rand_tokens(2, gen)
+        logits = run(ours, book.decode(rows[:1], nxt[:1]))  # batch 1: compiled
+        seqs[0].append(nxt[0])
+        torch.testing.assert_close(logits, hf_logits(hf, seqs[0])[-1:], atol=ATOL, rtol=0)
+        seqs[1].append(nxt[1])
+        seqs[0].append(nxt[0])  # batch 2: eager
+        logits = run(ours, book.decode(rows, [nxt[0], nxt[1]]))
+        ref = torch.stack([hf_logits(hf, s)[-1] for s in seqs])
+        torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
+    assert len(calls) == 4 * cfg.num_hidden_layers
+
+
+def test_failed_torch_compile_leaves_the_model_eager(monkeypatch):
+    import sgl.models.llama as llama
+
+    def broken(fn):
+        def call(*args):
+            raise OSError("no C++ compiler")
+        return call
+
+    cfg, hf, ours, book = build(*CONFIGS["llama-untied"])
+    monkeypatch.setattr(llama, "compiled", broken)
+    with pytest.raises(RuntimeError, match="torch.compile of the single-token path failed: no C\\+\\+ compiler"):
+        ours.enable_torch_compile()
+    assert not ours.torch_compiled and not any(layer.torch_compiled for layer in ours.model.layers)
+    row = book.new_request()
+    torch.testing.assert_close(run(ours, book.extend([row], [[3]])), hf_logits(hf, [3]), atol=ATOL, rtol=0)

