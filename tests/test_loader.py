@@ -133,7 +133,8 @@ def test_gguf_conversion_round_trip(tmp_path, monkeypatch):
     model_dir = Path(lm.model_dir)
     assert model_dir.parent == tmp_path and model_dir.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
     assert sorted(p.name for p in tmp_path.iterdir()) == [model_dir.name]  # no temp leftovers
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "gguf_blocks.safetensors"} <= {
+        p.name for p in model_dir.iterdir()}
     cfg = json.loads((model_dir / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in cfg
     c = lm.hf_config
@@ -158,11 +159,17 @@ def test_gguf_conversion_round_trip(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_bundled_model_matches_transformers_on_chat_prompt():
-    """Our greedy next-token logits vs transformers loading the same cached HF directory."""
+@pytest.mark.parametrize("torch_compile", [False, True])
+def test_bundled_model_matches_transformers_on_chat_prompt(torch_compile):
+    """Our greedy next-token logits vs transformers loading the same cached HF directory; with
+    torch_compile the decode steps take the compiled path over the GGUF's Q4_1/Q8_0 blocks."""
     from transformers import AutoModelForCausalLM
 
-    lm = load_model()
+    from sgl.models.layers import Linear
+
+    lm = load_model(torch_compile=torch_compile)
+    blocks = sum(m.block_weight is not None for m in lm.model.modules() if isinstance(m, Linear))
+    assert lm.model.torch_compiled == torch_compile and blocks == (30 * 4 + 1 if torch_compile else 0)
     ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            add_generation_prompt=True, tokenize=False)
     ids = lm.tokenizer(ids, add_special_tokens=False)["input_ids"]

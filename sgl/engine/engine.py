@@ -90,7 +90,7 @@ class Engine:
             torch.manual_seed(config.sampler.seed)
         self.attn_backend = make_attention_backend(config.attention.backend)
         loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend,
-                            torch_compile=mc.enable_torch_compile)
+                            torch_compile=mc.enable_torch_compile, gguf_block_gemv=mc.gguf_block_gemv)
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.hf_config = loaded.hf_config

@@ -24,28 +24,41 @@ and without an incoming residual, the post-attention region, and the LM head.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
 from sgl.models.layers import apply_rotary, rms_norm, silu_and_mul
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for a single row: ``x`` ``[1, k]``, ``weight`` ``[n, k]``,
-    ``bias`` ``[n]`` or None -> ``[1, n]`` (dtype of the inputs).
+def gemv(x: torch.Tensor, weight: Union[torch.Tensor, tuple], bias: Optional[torch.Tensor] = None
+         ) -> torch.Tensor:
+    """``x @ weight.T + bias`` for a single row: ``x`` ``[1, k]``, ``bias`` ``[n]`` or None -> ``[1, n]``.
 
-    Written as a broadcast multiply and a reduction over ``k`` so that Inductor
-    fuses it into one streaming pass over ``weight`` (no ``[n, k]`` temporary)."""
+    ``weight`` is a ``[n, k]`` tensor, or a block-affine tuple ``(codes int8
+    [n, k], scales [n, k // B], mins [n, k // B] or None)`` (see
+    :mod:`sgl.models.gguf_blocks`), unpacked inside the same loop. Written as a
+    broadcast multiply and a reduction over ``k`` so that Inductor fuses it
+    into one streaming pass over the weight (no ``[n, k]`` temporary)."""
+    if isinstance(weight, tuple):
+        codes, scales, mins = weight
+        n, k = codes.shape
+        nb = scales.shape[1]
+        w = codes.view(n, nb, k // nb).to(x.dtype) * scales.unsqueeze(-1)
+        if mins is not None:
+            w = w + mins.unsqueeze(-1)
+        weight = w.view(n, k)
     y = (weight * x).sum(-1).unsqueeze(0)
     return y if bias is None else y + bias
 
 
 def pre_attention(hidden: torch.Tensor, residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float,
-                  qkv_weight: torch.Tensor, qkv_bias: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
+                  qkv_weight, qkv_bias: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
                   q_size: int, kv_size: int, head_dim: int
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Residual add, input RMSNorm, fused q/k/v projection and rotary embedding of one token.
+
+    Weights are what :func:`gemv` takes.
 
     Args:
         hidden: ``[1, hidden_size]`` output of the previous layer (the embedding for layer 0).
@@ -61,12 +74,13 @@ def pre_attention(hidden: torch.Tensor, residual: Optional[torch.Tensor], norm_w
     return qk[:, :q_size], qk[:, q_size:], qkv[:, q_size + kv_size:], residual
 
 
-def post_attention(attn_out: torch.Tensor, residual: torch.Tensor, o_weight: torch.Tensor,
-                   o_bias: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float,
-                   gate_up_weight: torch.Tensor, gate_up_bias: Optional[torch.Tensor],
-                   down_weight: torch.Tensor, down_bias: Optional[torch.Tensor]
+def post_attention(attn_out: torch.Tensor, residual: torch.Tensor, o_weight, o_bias: Optional[torch.Tensor],
+                   norm_weight: torch.Tensor, eps: float, gate_up_weight, gate_up_bias: Optional[torch.Tensor],
+                   down_weight, down_bias: Optional[torch.Tensor]
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Output projection, residual add, post-attention RMSNorm and the gated MLP of one token.
+
+    Weights are what :func:`gemv` takes.
 
     Args:
         attn_out: ``[1, num_heads * head_dim]`` attention output.

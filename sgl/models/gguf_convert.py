@@ -4,7 +4,10 @@ transformers reads the GGUF config, tokenizer and (dequantized) weights
 (``gguf_file=``; it also undoes llama.cpp's q/k row permutation). We save
 ``config.json``, ``model.safetensors`` (float32) and the tokenizer files
 (``save_pretrained``, which keeps the chat template) into a cache directory,
-so later starts read plain safetensors in about a second.
+so later starts read plain safetensors in about a second. Linear weights
+stored in a simple ggml block type are also kept in that form
+(``gguf_blocks.safetensors``, see :mod:`sgl.models.gguf_blocks`) for the
+single-token matmuls.
 
 The cache directory is ``<base>/<stem>-<hash>`` where ``hash`` covers the
 file's real path, size, mtime and :data:`CONVERT_VERSION`, and ``base`` is
@@ -26,7 +29,7 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-CONVERT_VERSION = 1
+CONVERT_VERSION = 2
 GGUF_MAGIC = b"GGUF"
 CACHE_FILES = ("config.json", "model.safetensors")
 
@@ -100,6 +103,8 @@ def convert_gguf(gguf_path: str, out_dir: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    from sgl.models.gguf_blocks import BLOCKS_FILE, extract_block_weights, save_block_weights
+
     path = Path(gguf_path).resolve()
     kw = dict(gguf_file=path.name, local_files_only=True)
     try:
@@ -118,5 +123,8 @@ def convert_gguf(gguf_path: str, out_dir: Path) -> None:
     state = {name: t.detach().contiguous() for name, t in model.state_dict().items()
              if not (name == "lm_head.weight" and config.tie_word_embeddings)}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    blocks = extract_block_weights(str(path), config, state)
+    if blocks:
+        save_block_weights(blocks, out_dir / BLOCKS_FILE)
     config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -29,6 +29,7 @@ class Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.packed_weight: Optional[torch.Tensor] = None  # see prepack_cpu
+        self.block_weight: Optional[tuple] = None  # see set_block_weight
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -75,6 +76,32 @@ class Linear(nn.Module):
             return False
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
         return True
+
+    def set_block_weight(self, shards: dict) -> bool:
+        """Keep the block-affine form of the weight (:class:`~sgl.models.gguf_blocks.BlockWeight`
+        per shard id, or under None for a plain layer) for :func:`~sgl.models.compiled_decode.gemv`.
+
+        Returns False (and keeps none) unless every shard is present, all
+        share one block size and together they have the weight's shape."""
+        order = list(self.shard_offsets()) or [None]
+        if set(shards) != set(order):
+            return False
+        parts = [shards[k] for k in order]
+        if len({p.codes.shape[1] // p.scales.shape[1] for p in parts}) != 1:
+            return False
+        codes = torch.cat([p.codes for p in parts])
+        if tuple(codes.shape) != tuple(self.weight.shape):
+            return False
+        mins = None
+        if any(p.mins is not None for p in parts):
+            mins = torch.cat([p.mins if p.mins is not None else torch.zeros_like(p.scales) for p in parts])
+        self.block_weight = (codes, torch.cat([p.scales for p in parts]), mins)
+        return True
+
+    @property
+    def gemv_weight(self):
+        """What single-token matmuls read: ``block_weight`` if set, else ``weight``."""
+        return self.block_weight if self.block_weight is not None else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed_weight is not None:

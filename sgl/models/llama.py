@@ -11,7 +11,7 @@ tensor, so no layer loops over requests or syncs with the host.
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import TYPE_CHECKING, Iterable, Tuple
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from sgl.kernels.attention.base import AttentionBackend
 from sgl.models.compiled_decode import compiled, gemv, post_attention, pre_attention
 from sgl.models.layers import (Linear, MergedLinear, QKVLinear, RMSNorm, RotaryEmbedding, SiluAndMul,
                                VocabEmbedding, apply_rotary, rope_parameters)
+
+if TYPE_CHECKING:
+    from sgl.models.gguf_blocks import BlockWeight
 
 # (our fused parameter, checkpoint projection name, shard id)
 STACKED_PARAMS = (
@@ -117,15 +120,15 @@ class LlamaDecoderLayer(nn.Module):
     def compiled_pre_attention(self, hidden_states, residual, cos, sin):
         """One token through :func:`~sgl.models.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
         attn, norm = self.self_attn, self.input_layernorm
-        return compiled(pre_attention)(hidden_states, residual, norm.weight, norm.eps, attn.qkv_proj.weight,
+        return compiled(pre_attention)(hidden_states, residual, norm.weight, norm.eps, attn.qkv_proj.gemv_weight,
                                        attn.qkv_proj.bias, cos, sin, attn.q_size, attn.kv_size, attn.head_dim)
 
     def compiled_post_attention(self, attn_out, residual):
         """One token through :func:`~sgl.models.compiled_decode.post_attention` (compiled): mlp out, residual."""
         o_proj, norm, mlp = self.self_attn.o_proj, self.post_attention_layernorm, self.mlp
-        return compiled(post_attention)(attn_out, residual, o_proj.weight, o_proj.bias, norm.weight, norm.eps,
-                                        mlp.gate_up_proj.weight, mlp.gate_up_proj.bias,
-                                        mlp.down_proj.weight, mlp.down_proj.bias)
+        return compiled(post_attention)(attn_out, residual, o_proj.gemv_weight, o_proj.bias, norm.weight, norm.eps,
+                                        mlp.gate_up_proj.gemv_weight, mlp.gate_up_proj.bias,
+                                        mlp.down_proj.gemv_weight, mlp.down_proj.bias)
 
 
 class LlamaModel(nn.Module):
@@ -191,7 +194,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``[m, hidden_size]`` -> float32 logits ``[m, vocab_size]``."""
         if self.torch_compiled and hidden_states.shape[0] == 1:
-            return compiled(gemv)(hidden_states, self.lm_head.weight, self.lm_head.bias).float()
+            return compiled(gemv)(hidden_states, self.lm_head.gemv_weight, self.lm_head.bias).float()
         return self.lm_head(hidden_states).float()
 
     def enable_torch_compile(self) -> None:
@@ -214,7 +217,7 @@ class LlamaForCausalLM(nn.Module):
                 layer.compiled_pre_attention(hidden, None, rot, rot)
                 layer.compiled_pre_attention(hidden, hidden, rot, rot)
                 layer.compiled_post_attention(attn_out, hidden)
-                compiled(gemv)(hidden, self.lm_head.weight, self.lm_head.bias)
+                compiled(gemv)(hidden, self.lm_head.gemv_weight, self.lm_head.bias)
         except Exception as e:
             raise RuntimeError(f"torch.compile of the single-token path failed: {e}") from e
         for module in (self, *self.model.layers):
@@ -232,9 +235,9 @@ class LlamaForCausalLM(nn.Module):
             ValueError: on a checkpoint name with no matching parameter, a
                 shape mismatch, or parameters left unloaded.
         """
-        for module in self.modules():  # packed copies would go stale
+        for module in self.modules():  # packed and block copies would go stale
             if isinstance(module, Linear):
-                module.packed_weight = None
+                module.packed_weight = module.block_weight = None
         params = dict(self.named_parameters())
         loaded = set()
         for name, tensor in weights:
@@ -269,6 +272,26 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             raise ValueError(f"checkpoint is missing weights for: {missing[:8]}"
                              f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
+
+    def load_block_weights(self, weights: Iterable[Tuple[str, "BlockWeight"]]) -> int:
+        """Attach block-affine weights (HF names, as :func:`~sgl.models.gguf_blocks.load_block_weights`
+        yields) to the linear layers, for single-token matmuls; q/k/v and gate/up shards are fused
+        like the float32 weights. A layer with a missing or mismatched shard keeps float32.
+
+        Returns the number of linear layers that got a block weight."""
+        modules = dict(self.named_modules())
+        shards: dict = {}
+        for name, block in weights:
+            for fused, ckpt, shard in STACKED_PARAMS:
+                if f".{ckpt}." in name:
+                    name = name.replace(f".{ckpt}.", f".{fused}.")
+                    break
+            else:
+                shard = None
+            module = modules.get(name.rsplit(".", 1)[0])
+            if isinstance(module, Linear):
+                shards.setdefault(module, {})[shard] = block
+        return sum(module.set_block_weight(parts) for module, parts in shards.items())
 
     def _required_loads(self) -> set:
         """(parameter name, shard id) pairs a complete checkpoint must provide."""
