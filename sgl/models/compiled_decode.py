@@ -96,14 +96,19 @@ def post_attention(attn_out: torch.Tensor, residual: torch.Tensor, o_weight, o_b
 
 @functools.lru_cache(maxsize=None)
 def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` for static shapes and a single graph, created once per function.
+    """``torch.compile(fn)`` for static shapes, created once per function.
 
     Compilation happens at the first call of each new input signature (a C++
     compiler must be on PATH); Inductor's on-disk cache makes it ~1 s per graph
-    after the first process on a machine (~17 s cold)."""
+    after the first process on a machine (~17 s cold). Each model adds a few
+    signatures (shapes, biases, block or float weights, grad mode), so the
+    process-wide recompile limit is raised to 64 per function; past it dynamo
+    runs the function eagerly (same results, slower), never fails."""
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     # The graphs are small and few: compiling them in-process is as fast as a
     # worker pool and leaves no subprocesses behind.
     inductor_config.compile_threads = 1
-    return torch.compile(fn, dynamic=False, fullgraph=True)
+    return torch.compile(fn, dynamic=False)
