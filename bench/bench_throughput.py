@@ -1,10 +1,14 @@
 """Decode throughput of sgl vs transformers' generate, and radix vs none on a shared-prefix workload.
 
-    python bench/bench_throughput.py [--batches 1 8 32] [--new-tokens 64] [--skip-hf]
+    python bench/bench_throughput.py [--batches 1 8 32] [--new-tokens 64] [--skip-hf] [--skip-ablation]
 
 Prints a table with medians over --repeats runs and the ratios, all measured in
 this run on the bundled SmolLM2-135M-Instruct (fp32, CPU). The transformers
 baseline runs first, in a child process, so the two never share a process.
+At batch 1 a second table shows what each single-token optimisation adds:
+the eager model, the torch.compile'd path over float32 weights, and the
+default, which reads the GGUF's own quantized blocks (the same weights;
+sgl/models/gguf_blocks.py) while transformers reads their float32 copy.
 """
 
 from __future__ import annotations
@@ -81,12 +85,32 @@ def shared_prefix(engine, n=32, new_tokens=16):
     return {"hit": cached / prompt, "req_s": n / dt, "tok_s": (prompt + gen) / dt, "s": dt}
 
 
+def batch1_ablation(prompt, args, hf_tps):
+    """Batch-1 tok/s of the eager model, the torch.compile'd path on float32 weights, and the
+    default (compiled path reading the GGUF's blocks), each against the same transformers figure.
+    One engine at a time: an idle engine's OpenMP team would slow the measured one."""
+    rows = {}
+    for label, kw in (("eager, fp32 weights", dict(enable_torch_compile=False)),
+                      ("torch.compile, fp32 weights", dict(gguf_block_gemv=False)),
+                      ("torch.compile, GGUF blocks (default)", {})):
+        other = sgl.Engine(log_interval=0, attention=args.attention, **kw)
+        rows[label] = statistics.median(sgl_decode_tps(other, [prompt], args.new_tokens)
+                                        for _ in range(args.repeats))
+        other.shutdown()
+    print()
+    print("batch 1 ablation (model.enable_torch_compile, model.gguf_block_gemv)")
+    print(f"{'single-token path':>38} | {'tok/s':>6} | {'vs hf':>6}")
+    for label, tps in rows.items():
+        print(f"{label:>38} | {tps:>6.1f} | {tps / hf_tps:>6.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-ablation", action="store_true", help="skip the batch-1 ablation table")
     ap.add_argument("--attention", default="torch")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -119,6 +143,8 @@ def main():
     for name, r in results.items():
         print(f"{name:>6} | {100 * r['hit']:>7.1f}% | {r['req_s']:>6.2f} | {r['tok_s']:>8.1f} | {r['s']:>6.2f}")
     print(f"radix / none throughput: {radix['req_s'] / none['req_s']:.2f}x")
+    if 1 in args.batches and not args.skip_ablation:
+        batch1_ablation(chat(tok, QUESTIONS[0] + " #0"), args, ref[1])
 
 
 if __name__ == "__main__":
