@@ -95,7 +95,9 @@ class Linear(nn.Module):
         mins = None
         if any(p.mins is not None for p in parts):
             mins = torch.cat([p.mins if p.mins is not None else torch.zeros_like(p.scales) for p in parts])
-        self.block_weight = (codes, torch.cat([p.scales for p in parts]), mins)
+        device = self.weight.device
+        self.block_weight = (codes.to(device), torch.cat([p.scales for p in parts]).to(device),
+                             None if mins is None else mins.to(device))
         return True
 
     @property

@@ -198,7 +198,7 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         gguf_block_gemv: with ``torch_compile``, let single-token matmuls
             read the GGUF's own quantized blocks (int8 codes + per-block
             scales, ~3x fewer bytes than float32; the same weights) where the
-            conversion kept them (see :mod:`sgl.models.gguf_blocks`).
+            conversion kept them (see :mod:`sgl.models.gguf_blocks`); float32 models only.
 
     Raises:
         FileNotFoundError: missing path.
@@ -229,7 +229,7 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         if cpu_prepack and torch.device(device).type == "cpu":
             prepack_linears_cpu(model)
         blocks_file = Path(model_dir) / BLOCKS_FILE
-        if torch_compile and gguf_block_gemv and blocks_file.is_file():
+        if torch_compile and gguf_block_gemv and dtype == torch.float32 and blocks_file.is_file():
             n = model.load_block_weights(load_block_weights(blocks_file))
             logger.info("%d linear layers read GGUF blocks at batch 1", n)
         if torch_compile:
