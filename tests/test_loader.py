@@ -188,3 +188,17 @@ def test_bundled_model_matches_transformers_on_chat_prompt(torch_compile):
             seq.append(nxt)
             ours = lm.model.compute_logits(lm.model(book.decode([row], [nxt])))
     assert lm.tokenizer.decode(seq[len(ids):]).strip().startswith("The")
+
+
+def test_failed_torch_compile_serves_eager_with_a_warning(hf_dir, monkeypatch, caplog):
+    from sgl.models.llama import LlamaForCausalLM
+
+    def broken(self):
+        raise RuntimeError("torch.compile of the single-token path failed: no C++ compiler")
+
+    monkeypatch.setattr(LlamaForCausalLM, "enable_torch_compile", broken)
+    path, hf = hf_dir
+    with caplog.at_level("WARNING", logger="sgl.models.loader"):
+        lm = load_model(str(path), torch_compile=True)
+    assert not lm.model.torch_compiled
+    assert "no C++ compiler; serving with the eager model" in caplog.text

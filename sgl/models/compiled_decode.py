@@ -10,8 +10,9 @@ reduction, ``(W * x).sum(-1)``, the matrix-vector product becomes an
 Inductor-generated, vectorised, OpenMP-parallel loop that streams ``W`` at
 ~30 GB/s; the norms, rotary embedding, SiLU gate and residual adds around it
 fuse into the same kernels, and each layer costs two calls instead of a dozen
-ops. Measured by ``bench/model_decode.py``: 26.7 -> 40 tokens/s at batch 1.
-At two or more rows oneDNN's GEMM wins (it reads each weight once for all
+ops. Measured by ``bench/model_decode.py``: 26.7 -> 36-40 tokens/s at batch 1,
+and ~60 tokens/s when the weights are a GGUF's own int8 blocks (same loop,
+1.25 bytes per weight; see :func:`gemv`). At two or more rows oneDNN's GEMM wins (it reads each weight once for all
 rows), so the compiled functions only ever see ``[1, ...]`` inputs and are
 compiled for static shapes.
 
