@@ -108,9 +108,9 @@ class Engine:
         self.jump_forward = JumpForward(self.tokenizer, config.grammar.jump_forward)
         self.scheduler = Scheduler(sc, self.runner, self.cache, Sampler(), self.tokenizer, self.eos_token_ids,
                                    self.builder.new_detokenizer, self.jump_forward)
-        logger.info("Engine ready: %s, context %d tokens, KV pool %d tokens, cache=%s, policy=%s, attention=%s",
-                    self.model_path, self.context_len, max_total, config.cache.name, sc.policy,
-                    config.attention.backend)
+        logger.info("Engine ready: %s, context %d tokens, KV pool %d tokens, cache=%s, policy=%s, attention=%s, "
+                    "torch_compile=%s", self.model_path, self.context_len, max_total, config.cache.name, sc.policy,
+                    config.attention.backend, getattr(loaded.model, "torch_compiled", False))
 
     # ------------------------------------------------------------ generate
     def generate(self, prompt: Prompt = None, sampling_params: Union[Dict, List[Dict], None] = None,
