@@ -59,8 +59,8 @@ def test_block_file_round_trip(tmp_path):
 @pytest.mark.parametrize("arch,mlp_type", [("llama", "Q4_1"), ("qwen2", "Q8_0")])
 def test_model_with_block_weights_matches_hf(arch, mlp_type):
     """Every linear weight is quantized (q/k/v Q4_1, MLP ``mlp_type``, head Q4_0), the HF model
-    gets the dequantized weights; our single-token steps read the blocks (the float32 copies
-    are zeroed to prove it) and agree."""
+    gets the dequantized weights; our 1- and 2-token steps read the blocks (the layers' float32
+    copies are zeroed to prove it) and agree."""
     from sgl.models.layers import Linear
 
     cfg = tiny_config(arch, hidden_size=64, intermediate_size=128)
@@ -78,16 +78,23 @@ def test_model_with_block_weights_matches_hf(arch, mlp_type):
     assert ours.load_block_weights(blocks.items()) == 2 * 4 + 1
     assert ours.model.layers[0].self_attn.qkv_proj.block_weight[0].shape == (128, 64)
     ours.enable_torch_compile()
-    for module in ours.modules():
+    assert all(layer.compiled_max_rows == 2 for layer in ours.model.layers)
+    for module in ours.model.modules():  # the layers' float32 copies (the head keeps its own: 2 rows are eager)
         if isinstance(module, Linear):
             module.weight.data.zero_()
     book = KVBook(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
-    toks = [5, 9, 77]
-    row = book.new_request()
+    a, b = [5, 9, 77, 3], [11, 12, 13]
+    rows = [book.new_request(), book.new_request()]
     with torch.no_grad():
-        logits = [ours.compute_logits(ours(book.extend([row], [toks[:1]])))]
-        logits += [ours.compute_logits(ours(book.decode([row], [t]))) for t in toks[1:]]
-    torch.testing.assert_close(torch.cat(logits), hf_logits(hf, toks), atol=1e-4, rtol=0)
+        la = [ours.compute_logits(ours(book.extend(rows[:1], [a[:1]])))]  # 1 token
+        lb = [ours.compute_logits(ours(book.extend(rows[1:], [b[:2]])))]  # 2 tokens
+        for i in (1, 2):  # two-row decodes
+            both = ours.compute_logits(ours(book.decode(rows, [a[i], b[i + 1] if i + 1 < 3 else 1])))
+            la.append(both[:1])
+            lb.append(both[1:])
+        la.append(ours.compute_logits(ours(book.decode(rows[:1], [a[3]]))))  # 1 row again
+    torch.testing.assert_close(torch.cat(la), hf_logits(hf, a), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cat(lb), hf_logits(hf, b + [1]), atol=1e-4, rtol=0)
 
 
 def test_mismatched_shards_keep_float32():

@@ -12,14 +12,16 @@ Inductor-generated, vectorised, OpenMP-parallel loop that streams ``W`` at
 fuse into the same kernels, and each layer costs two calls instead of a dozen
 ops. Measured by ``bench/model_decode.py``: 26.7 -> 36-40 tokens/s at batch 1,
 and ~60 tokens/s when the weights are a GGUF's own int8 blocks (same loop,
-1.25 bytes per weight; see :func:`gemv`). At two or more rows oneDNN's GEMM wins (it reads each weight once for all
-rows), so the compiled functions only ever see ``[1, ...]`` inputs and are
-compiled for static shapes.
+1.25 bytes per weight; see :func:`gemv`). Over float32 weights oneDNN's GEMM
+wins from two rows on; over block weights the compiled loop still wins at two
+rows (85 vs 49 tokens/s at batch 2) and loses from three. The functions are
+compiled for static shapes, one graph per row count.
 
 The functions below are the eager definitions; :func:`compiled` returns the
 compiled form, shared by every layer (weights are arguments, not captured
-attributes), so a model needs four small graphs: the pre-attention region with
-and without an incoming residual, the post-attention region, and the LM head.
+attributes), so a model needs three small graphs per row count (the
+pre-attention region with and without an incoming residual, the post-attention
+region) and one for the single-row LM head.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from sgl.models.layers import apply_rotary, rms_norm, silu_and_mul
 
 def gemv(x: torch.Tensor, weight: Union[torch.Tensor, tuple], bias: Optional[torch.Tensor] = None
          ) -> torch.Tensor:
-    """``x @ weight.T + bias`` for a single row: ``x`` ``[1, k]``, ``bias`` ``[n]`` or None -> ``[1, n]``.
+    """``x @ weight.T + bias`` for a few rows: ``x`` ``[m, k]``, ``bias`` ``[n]`` or None -> ``[m, n]``.
 
     ``weight`` is a ``[n, k]`` tensor, or a block-affine tuple ``(codes int8
     [n, k], scales [n, k // B], mins [n, k // B] or None)`` (see
-    :mod:`sgl.models.gguf_blocks`), unpacked inside the same loop. Written as a
-    broadcast multiply and a reduction over ``k`` so that Inductor fuses it
-    into one streaming pass over the weight (no ``[n, k]`` temporary)."""
+    :mod:`sgl.models.gguf_blocks`), unpacked inside the same loop. Each row is
+    a broadcast multiply and a reduction over ``k``, so that Inductor fuses the
+    ``m`` rows into one streaming pass over the weight (no ``[n, k]``
+    temporary); ``m`` must be static (it is unrolled)."""
     if isinstance(weight, tuple):
         codes, scales, mins = weight
         n, k = codes.shape
@@ -49,7 +52,10 @@ def gemv(x: torch.Tensor, weight: Union[torch.Tensor, tuple], bias: Optional[tor
         if mins is not None:
             w = w + mins.unsqueeze(-1)
         weight = w.view(n, k)
-    y = (weight * x).sum(-1).unsqueeze(0)
+    if x.shape[0] == 1:
+        y = (weight * x).sum(-1).unsqueeze(0)
+    else:
+        y = torch.stack([(weight * x[i]).sum(-1) for i in range(x.shape[0])])
     return y if bias is None else y + bias
 
 
@@ -57,17 +63,17 @@ def pre_attention(hidden: torch.Tensor, residual: Optional[torch.Tensor], norm_w
                   qkv_weight, qkv_bias: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
                   q_size: int, kv_size: int, head_dim: int
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Residual add, input RMSNorm, fused q/k/v projection and rotary embedding of one token.
+    """Residual add, input RMSNorm, fused q/k/v projection and rotary embedding of ``m`` tokens.
 
     Weights are what :func:`gemv` takes.
 
     Args:
-        hidden: ``[1, hidden_size]`` output of the previous layer (the embedding for layer 0).
-        residual: ``[1, hidden_size]`` residual stream, or None for layer 0.
-        cos, sin: ``[1, 1, head_dim]`` rotary tables at the token's position.
+        hidden: ``[m, hidden_size]`` output of the previous layer (the embedding for layer 0).
+        residual: ``[m, hidden_size]`` residual stream, or None for layer 0.
+        cos, sin: ``[m, 1, head_dim]`` rotary tables at the tokens' positions.
 
     Returns:
-        ``(q [1, q_size], k [1, kv_size], v [1, kv_size], residual [1, hidden_size])``.
+        ``(q [m, q_size], k [m, kv_size], v [m, kv_size], residual [m, hidden_size])``.
     """
     residual = hidden if residual is None else hidden + residual
     qkv = gemv(rms_norm(residual, norm_weight, eps), qkv_weight, qkv_bias)
@@ -79,16 +85,16 @@ def post_attention(attn_out: torch.Tensor, residual: torch.Tensor, o_weight, o_b
                    norm_weight: torch.Tensor, eps: float, gate_up_weight, gate_up_bias: Optional[torch.Tensor],
                    down_weight, down_bias: Optional[torch.Tensor]
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Output projection, residual add, post-attention RMSNorm and the gated MLP of one token.
+    """Output projection, residual add, post-attention RMSNorm and the gated MLP of ``m`` tokens.
 
     Weights are what :func:`gemv` takes.
 
     Args:
-        attn_out: ``[1, num_heads * head_dim]`` attention output.
-        residual: ``[1, hidden_size]`` residual stream.
+        attn_out: ``[m, num_heads * head_dim]`` attention output.
+        residual: ``[m, hidden_size]`` residual stream.
 
     Returns:
-        ``(mlp_out [1, hidden_size], residual [1, hidden_size])``.
+        ``(mlp_out [m, hidden_size], residual [m, hidden_size])``.
     """
     residual = gemv(attn_out, o_weight, o_bias) + residual
     gate_up = gemv(rms_norm(residual, norm_weight, eps), gate_up_weight, gate_up_bias)

@@ -25,6 +25,11 @@ from sgl.models.layers import (Linear, MergedLinear, QKVLinear, RMSNorm, RotaryE
 if TYPE_CHECKING:
     from sgl.models.gguf_blocks import BlockWeight
 
+# Steps of up to this many tokens run compiled when the linears read GGUF blocks.
+# bench/model_decode.py, whole model: 2 rows 81 vs 49 tok/s (oneDNN float32 GEMM);
+# at 3 and 4 rows the compiled regions lose (69 vs 83, 72 vs 115 tok/s).
+BLOCK_MAX_ROWS = 2
+
 # (our fused parameter, checkpoint projection name, shard id)
 STACKED_PARAMS = (
     ("qkv_proj", "q_proj", "q"),
@@ -102,10 +107,10 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, eps)
         self.mlp = LlamaMLP(hf_config.hidden_size, hf_config.intermediate_size,
                             bias=bool(getattr(hf_config, "mlp_bias", False)))
-        self.torch_compiled = False  # see LlamaForCausalLM.enable_torch_compile
+        self.compiled_max_rows = 0  # steps of up to this many tokens run compiled (enable_torch_compile)
 
     def forward(self, hidden_states, residual, cos, sin, forward_batch):
-        if self.torch_compiled and hidden_states.shape[0] == 1:
+        if hidden_states.shape[0] <= self.compiled_max_rows:
             q, k, v, residual = self.compiled_pre_attention(hidden_states, residual, cos, sin)
             return self.compiled_post_attention(self.self_attn.attend(q, k, v, forward_batch), residual)
         if residual is None:
@@ -118,13 +123,13 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden_states), residual
 
     def compiled_pre_attention(self, hidden_states, residual, cos, sin):
-        """One token through :func:`~sgl.models.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
+        """Tokens through :func:`~sgl.models.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
         attn, norm = self.self_attn, self.input_layernorm
         return compiled(pre_attention)(hidden_states, residual, norm.weight, norm.eps, attn.qkv_proj.gemv_weight,
                                        attn.qkv_proj.bias, cos, sin, attn.q_size, attn.kv_size, attn.head_dim)
 
     def compiled_post_attention(self, attn_out, residual):
-        """One token through :func:`~sgl.models.compiled_decode.post_attention` (compiled): mlp out, residual."""
+        """Tokens through :func:`~sgl.models.compiled_decode.post_attention` (compiled): mlp out, residual."""
         o_proj, norm, mlp = self.self_attn.o_proj, self.post_attention_layernorm, self.mlp
         return compiled(post_attention)(attn_out, residual, o_proj.gemv_weight, o_proj.bias, norm.weight, norm.eps,
                                         mlp.gate_up_proj.gemv_weight, mlp.gate_up_proj.bias,
@@ -198,30 +203,39 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden_states).float()
 
     def enable_torch_compile(self) -> None:
-        """Run single-token steps through the compiled regions of :mod:`sgl.models.compiled_decode`
-        (1.5x the batch-1 decode speed on CPU) and compile them now, so no request waits for it.
+        """Run steps of few tokens through the compiled regions of :mod:`sgl.models.compiled_decode`
+        and compile them now, so no request waits for it: single-token steps always (1.5x the
+        batch-1 decode speed on CPU over float32 weights), and steps of up to
+        :data:`BLOCK_MAX_ROWS` tokens when every layer reads block weights (there the loop over
+        1.25-byte weights beats oneDNN's float32 GEMM).
 
-        Takes ~17 s on a machine's first run, ~2 s once Inductor's disk cache is warm.
+        Takes ~17 s on a machine's first run, a few seconds once Inductor's disk cache is warm.
 
         Raises:
             RuntimeError: compilation failed (e.g. no C++ compiler); the model stays on the eager path.
         """
-        cfg, layer = self.config, self.model.layers[0]
+        layers = self.model.layers
+        blocks = all(lin.block_weight is not None for layer in layers
+                     for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                                 layer.mlp.gate_up_proj, layer.mlp.down_proj))
+        max_rows = BLOCK_MAX_ROWS if blocks else 1
+        layer, param = layers[0], self.lm_head.weight
         attn = layer.self_attn
-        param = self.lm_head.weight
-        hidden = torch.zeros(1, cfg.hidden_size, dtype=param.dtype, device=param.device)
-        rot = torch.zeros(1, 1, attn.head_dim, dtype=param.dtype, device=param.device)
-        attn_out = torch.zeros(1, attn.q_size, dtype=param.dtype, device=param.device)
         try:
             with torch.inference_mode():  # the grad mode of serving, so the graphs are reused
-                layer.compiled_pre_attention(hidden, None, rot, rot)
-                layer.compiled_pre_attention(hidden, hidden, rot, rot)
-                layer.compiled_post_attention(attn_out, hidden)
-                compiled(gemv)(hidden, self.lm_head.gemv_weight, self.lm_head.bias)
+                for m in range(1, max_rows + 1):
+                    hidden = torch.zeros(m, self.config.hidden_size, dtype=param.dtype, device=param.device)
+                    rot = torch.zeros(m, 1, attn.head_dim, dtype=param.dtype, device=param.device)
+                    attn_out = torch.zeros(m, attn.q_size, dtype=param.dtype, device=param.device)
+                    layer.compiled_pre_attention(hidden, None, rot, rot)
+                    layer.compiled_pre_attention(hidden, hidden, rot, rot)
+                    layer.compiled_post_attention(attn_out, hidden)
+                compiled(gemv)(hidden[:1], self.lm_head.gemv_weight, self.lm_head.bias)
         except Exception as e:
             raise RuntimeError(f"torch.compile of the single-token path failed: {e}") from e
-        for module in (self, *self.model.layers):
-            module.torch_compiled = True
+        self.torch_compiled = True
+        for layer in layers:
+            layer.compiled_max_rows = max_rows
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named checkpoint tensors into our (partly fused) parameters.
