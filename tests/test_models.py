@@ -239,3 +239,22 @@ def test_failed_torch_compile_leaves_the_model_eager(monkeypatch):
     assert not ours.torch_compiled and all(layer.compiled_max_rows == 0 for layer in ours.model.layers)
     row = book.new_request()
     torch.testing.assert_close(run(ours, book.extend([row], [[3]])), hf_logits(hf, [3]), atol=ATOL, rtol=0)
+
+
+def test_enable_torch_compile_configures_the_calling_thread():
+    """dynamo's config is per thread: an engine's scheduler thread gets the raised recompile limit."""
+    import threading
+
+    import torch._dynamo.config as dynamo_config
+
+    cfg, hf, ours, book = build(*CONFIGS["llama-untied"])
+    seen = []
+
+    def serve():
+        ours.enable_torch_compile()
+        seen.append(dynamo_config.recompile_limit)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    assert seen == [64]

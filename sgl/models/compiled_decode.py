@@ -107,15 +107,22 @@ def compiled(fn: Callable) -> Callable:
 
     Compilation happens at the first call of each new input signature (a C++
     compiler must be on PATH); Inductor's on-disk cache makes it ~1 s per graph
-    after the first process on a machine (~17 s cold). Each model adds a few
-    signatures (shapes, biases, block or float weights, grad mode), so the
-    process-wide recompile limit is raised to 64 per function; past it dynamo
-    runs the function eagerly (same results, slower), never fails."""
+    after the first process on a machine (~17 s cold). Call
+    :func:`configure_compile` on the thread that runs the model first."""
+    return torch.compile(fn, dynamic=False)
+
+
+def configure_compile() -> None:
+    """Settings for :func:`compiled`, applied to the calling thread (dynamo's and
+    Inductor's config assignments are per thread).
+
+    Each model adds a few signatures per function (shapes, row counts, biases,
+    block or float weights), so the recompile limit is raised from 8 to 64; past
+    it dynamo runs the function eagerly (same results, slower), never fails.
+    The graphs are small and few, so they compile in-process (a worker pool is
+    no faster and leaves subprocesses behind)."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-    # The graphs are small and few: compiling them in-process is as fast as a
-    # worker pool and leaves no subprocesses behind.
     inductor_config.compile_threads = 1
-    return torch.compile(fn, dynamic=False)

@@ -18,7 +18,7 @@ from torch import nn
 
 from sgl.engine.forward_batch import ForwardBatch
 from sgl.kernels.attention.base import AttentionBackend
-from sgl.models.compiled_decode import compiled, gemv, post_attention, pre_attention
+from sgl.models.compiled_decode import compiled, configure_compile, gemv, post_attention, pre_attention
 from sgl.models.layers import (Linear, MergedLinear, QKVLinear, RMSNorm, RotaryEmbedding, SiluAndMul,
                                VocabEmbedding, apply_rotary, rope_parameters)
 
@@ -221,6 +221,7 @@ class LlamaForCausalLM(nn.Module):
         max_rows = BLOCK_MAX_ROWS if blocks else 1
         layer, param = layers[0], self.lm_head.weight
         attn = layer.self_attn
+        configure_compile()
         try:
             with torch.inference_mode():  # the grad mode of serving, so the graphs are reused
                 for m in range(1, max_rows + 1):
