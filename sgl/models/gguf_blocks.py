@@ -70,9 +70,6 @@ class BlockWeight:
         """The rows ``index`` (int64 ``[rows]``) in that order."""
         return BlockWeight(self.codes[index], self.scales[index], None if self.mins is None else self.mins[index])
 
-    def as_tuple(self) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        return self.codes, self.scales, self.mins
-
 
 def decode_blocks(raw: np.ndarray, type_name: str, cols: int) -> Optional[BlockWeight]:
     """Unpack a GGUF tensor's bytes ``raw`` (uint8 ``[rows, bytes per row]``) of ggml type
