@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -87,6 +87,13 @@ class CacheManager(abc.ABC):
     def __init__(self, token_to_kv_pool):
         self.token_to_kv_pool = token_to_kv_pool
         self.device = torch.device(getattr(token_to_kv_pool, "device", "cpu"))
+        # Token counts behind evictable_size() / protected_size(); implementations keep them current.
+        self.evictable_size_ = 0
+        self.protected_size_ = 0
+
+    def _empty(self) -> torch.Tensor:
+        """An empty int64 slot tensor on the pool's device."""
+        return torch.empty(0, dtype=torch.int64, device=self.device)
 
     # ------------------------------------------------------------ primitives
     @abc.abstractmethod
@@ -139,13 +146,13 @@ class CacheManager(abc.ABC):
             ValueError: if ``num_tokens < 0``.
         """
 
-    @abc.abstractmethod
     def evictable_size(self) -> int:
         """Cached tokens not protected by any lock (could be evicted now)."""
+        return self.evictable_size_
 
-    @abc.abstractmethod
     def protected_size(self) -> int:
         """Cached tokens on some locked path (cannot be evicted now)."""
+        return self.protected_size_
 
     def total_size(self) -> int:
         """All cached tokens (= slots owned by the cache)."""
@@ -158,6 +165,11 @@ class CacheManager(abc.ABC):
         Raises:
             RuntimeError: if any entry is locked (requests still use it).
         """
+
+    def _check_unlocked(self) -> None:
+        """The :meth:`reset` precondition: RuntimeError if any cached token is locked."""
+        if self.protected_size_ > 0:
+            raise RuntimeError(f"cannot reset the cache: {self.protected_size_} tokens are locked by running requests")
 
     @abc.abstractmethod
     def check_integrity(self, idle: bool = True) -> None:
@@ -188,12 +200,7 @@ class CacheManager(abc.ABC):
         Afterwards the request owns no slots: new positions belong to the
         cache and duplicates (``kv_indices[prefix_len:already]``) are freed.
         """
-        tokens = as_token_list(token_ids)
-        check_kv_indices(kv_indices, len(tokens))
-        already = self.insert(tokens, kv_indices)
-        if already < prefix_len:
-            raise RuntimeError(f"cached prefix shrank from {prefix_len} to {already}: was the handle unlocked early?")
-        self.token_to_kv_pool.free(kv_indices[prefix_len:already])
+        self._insert_request(token_ids, kv_indices, prefix_len, self.insert)
         self.unlock(handle)
 
     def cache_unfinished_req(self, token_ids: Sequence[int], kv_indices: torch.Tensor,
@@ -209,13 +216,30 @@ class CacheManager(abc.ABC):
             the caller must replace the request's slots by ``kv_indices`` of
             this result and keep its ``handle`` for the next call.
         """
-        tokens = as_token_list(token_ids)
-        check_kv_indices(kv_indices, len(tokens))
-        already = self.insert(tokens, kv_indices)
-        if already < prefix_len:
-            raise RuntimeError(f"cached prefix shrank from {prefix_len} to {already}: was the handle unlocked early?")
-        self.token_to_kv_pool.free(kv_indices[prefix_len:already])
+        tokens = self._insert_request(token_ids, kv_indices, prefix_len, self._insert_unfinished)
         result = self.match_prefix(tokens)
         self.lock(result.handle)
         self.unlock(handle)
         return result
+
+    def _insert_unfinished(self, tokens: list, kv_indices: torch.Tensor) -> int:
+        """How :meth:`cache_unfinished_req` inserts a running request: :meth:`insert` (returns
+        ``already``); a cache may override it to leave the request slots it does not cache."""
+        return self.insert(tokens, kv_indices)
+
+    def _insert_request(self, token_ids: Sequence[int], kv_indices: torch.Tensor, prefix_len: int,
+                        insert: Callable[[list, torch.Tensor], int]) -> list:
+        """Shared start of ``cache_*_req``: validate, ``already = insert(tokens, kv_indices)``,
+        check the request's locked prefix is still cached, and free the duplicate slots
+        ``kv_indices[prefix_len:already]``. Returns the tokens as a list.
+
+        Raises:
+            ValueError: bad ``kv_indices``. RuntimeError: the cached prefix shrank below ``prefix_len``.
+        """
+        tokens = as_token_list(token_ids)
+        check_kv_indices(kv_indices, len(tokens))
+        already = insert(tokens, kv_indices)
+        if already < prefix_len:
+            raise RuntimeError(f"cached prefix shrank from {prefix_len} to {already}: was the handle unlocked early?")
+        self.token_to_kv_pool.free(kv_indices[prefix_len:already])
+        return tokens

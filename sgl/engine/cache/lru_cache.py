@@ -115,11 +115,6 @@ class LRUCache(CacheManager):
         self._ids = itertools.count()
         self._clock = itertools.count(1)
         self._blocks: Dict[int, Block] = {}
-        self.evictable_size_ = 0
-        self.protected_size_ = 0
-
-    def _empty(self) -> torch.Tensor:
-        return torch.empty(0, dtype=torch.int64, device=self.device)
 
     def _pages(self, key: List[int]):
         """Yield ``(start, parent_hash, block_hash, page_tokens)`` for each full page of ``key``."""
@@ -193,30 +188,12 @@ class LRUCache(CacheManager):
         self.token_to_kv_pool.free(kv_indices[cached:])
         return already
 
-    def cache_unfinished_req(self, token_ids: Sequence[int], kv_indices: torch.Tensor,
-                             handle: Tuple[Block, ...], prefix_len: int) -> MatchResult:
-        """Cache a running request's full pages and re-lock (see base); its partial page stays its own.
-
-        Unlike the base version, slots after the last cached full page are not
-        freed: the request keeps owning ``kv_indices[result.prefix_len:]``.
-
-        Returns:
-            The new match: ``prefix_len`` is ``len(token_ids)`` rounded down to a
-            multiple of ``page_size`` (less after a hash collision).
-
-        Raises:
-            ValueError: bad ``kv_indices``. RuntimeError: the cached prefix shrank below ``prefix_len``.
-        """
-        tokens = as_token_list(token_ids)
-        check_kv_indices(kv_indices, len(tokens))
-        already, _ = self._insert_pages(tokens, kv_indices)
-        if already < prefix_len:
-            raise RuntimeError(f"cached prefix shrank from {prefix_len} to {already}: was the handle unlocked early?")
-        self.token_to_kv_pool.free(kv_indices[prefix_len:already])
-        result = self.match_prefix(tokens)
-        self.lock(result.handle)
-        self.unlock(handle)
-        return result
+    def _insert_unfinished(self, tokens: List[int], kv_indices: torch.Tensor) -> int:
+        """Cache a running request's full pages only (see base ``cache_unfinished_req``): its
+        partial page stays its own, so ``cache_unfinished_req`` returns a match whose
+        ``prefix_len`` is ``len(token_ids)`` rounded down to a multiple of ``page_size`` (less
+        after a hash collision), and the request keeps owning ``kv_indices[result.prefix_len:]``."""
+        return self._insert_pages(tokens, kv_indices)[0]
 
     # -------------------------------------------------------------- locks
     def _check_handle(self, handle) -> Tuple[Block, ...]:
@@ -267,20 +244,13 @@ class LRUCache(CacheManager):
         return freed
 
     # -------------------------------------------------------------- sizes
-    def evictable_size(self) -> int:
-        return self.evictable_size_
-
-    def protected_size(self) -> int:
-        return self.protected_size_
-
     def num_blocks(self) -> int:
         """Number of cached blocks (``total_size() // page_size``)."""
         return len(self._blocks)
 
     def reset(self) -> None:
         """Free every cached slot to the pool and empty the table; RuntimeError if anything is locked."""
-        if self.protected_size_ > 0:
-            raise RuntimeError(f"cannot reset the cache: {self.protected_size_} tokens are locked by running requests")
+        self._check_unlocked()
         if self._blocks:
             self.token_to_kv_pool.free(torch.cat([b.slots for b in self._blocks.values()]))
         self._blocks = {}

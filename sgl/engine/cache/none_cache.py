@@ -25,7 +25,7 @@ class NoneCache(CacheManager):
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
         """Always an empty match: int64 ``[0]`` kv_indices, handle ``None``."""
         as_token_list(token_ids)
-        return MatchResult(kv_indices=torch.empty(0, dtype=torch.int64, device=self.device), handle=None)
+        return MatchResult(kv_indices=self._empty(), handle=None)
 
     def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor) -> int:
         """Take ownership of all of ``kv_indices`` and free them at once; returns 0."""
@@ -43,12 +43,6 @@ class NoneCache(CacheManager):
         """Nothing to evict: returns 0. Raises ValueError if ``num_tokens < 0``."""
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
-        return 0
-
-    def evictable_size(self) -> int:
-        return 0
-
-    def protected_size(self) -> int:
         return 0
 
     def reset(self) -> None:

@@ -82,9 +82,6 @@ class RadixCache(CacheManager):
         self.evictable_size_ = 0
         self.protected_size_ = 0
 
-    def _empty(self) -> torch.Tensor:
-        return torch.empty(0, dtype=torch.int64, device=self.device)
-
     # ------------------------------------------------------------- match
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
         """Longest cached prefix; splits the last edge if the match ends inside it (see base)."""
@@ -193,17 +190,10 @@ class RadixCache(CacheManager):
             self.token_to_kv_pool.free(torch.cat(victims))
         return freed
 
-    # -------------------------------------------------------------- sizes
-    def evictable_size(self) -> int:
-        return self.evictable_size_
-
-    def protected_size(self) -> int:
-        return self.protected_size_
-
+    # -------------------------------------------------------------- reset
     def reset(self) -> None:
         """Free every cached slot to the pool and empty the tree; RuntimeError if anything is locked."""
-        if self.protected_size_ > 0:
-            raise RuntimeError(f"cannot reset the cache: {self.protected_size_} tokens are locked by running requests")
+        self._check_unlocked()
         values = [n.value for n in self._nodes()]
         for n in self._nodes():
             n.parent = None
