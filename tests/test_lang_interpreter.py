@@ -299,3 +299,17 @@ def test_worker_threads_exit_and_finished_state_is_closed():
     assert new_threads() == []
     with pytest.raises(RuntimeError, match="has finished"):
         states[0] += "more"
+
+
+def test_resolve_chat_template_argument():
+    from sgl.lang.chat_template import get_chat_template, resolve_chat_template
+
+    mine = get_chat_template("chatml")
+    model = get_chat_template("default")
+    assert resolve_chat_template(mine, lambda: model) is mine
+    assert resolve_chat_template("chatml", lambda: model) is mine
+    assert resolve_chat_template(None, lambda: model) is model
+    with pytest.raises(ValueError, match="unknown chat template 'nope'"):
+        resolve_chat_template("nope", lambda: model)
+    with pytest.raises(ValueError, match="got int"):
+        resolve_chat_template(3, lambda: model)

@@ -27,7 +27,7 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
-from sgl.lang.chat_template import ChatTemplate, get_chat_template
+from sgl.lang.chat_template import ChatTemplate, resolve_chat_template
 from sgl.backends.scoring import score_by_start, select_by_prompt_logprobs
 from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
 from sgl.lang.hf_chat_template import chat_template_from_tokenizer
@@ -77,15 +77,9 @@ class EngineBackend(Backend):
 
     def get_chat_template(self) -> ChatTemplate:
         if self._template is None:
-            arg = self._template_arg
-            if isinstance(arg, ChatTemplate):
-                self._template = arg
-            elif isinstance(arg, str):
-                self._template = get_chat_template(arg)
-            elif arg is None:
-                self._template = chat_template_from_tokenizer(self.engine.tokenizer, str(self.engine.model_path))
-            else:
-                raise ValueError(f"chat_template must be a name, a ChatTemplate or None, got {type(arg).__name__}")
+            self._template = resolve_chat_template(
+                self._template_arg,
+                lambda: chat_template_from_tokenizer(self.engine.tokenizer, str(self.engine.model_path)))
         return self._template
 
     @property

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import requests
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
-from sgl.lang.chat_template import ChatTemplate, get_chat_template, match_chat_template
+from sgl.lang.chat_template import ChatTemplate, get_chat_template, match_chat_template, resolve_chat_template
 from sgl.backends.scoring import score_by_start, select_by_prompt_logprobs
 from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 from sgl.lang.ir import SglSamplingParams
@@ -131,13 +131,7 @@ class RuntimeEndpoint(Backend):
 
     def get_chat_template(self) -> ChatTemplate:
         if self._template is None:
-            arg = self._template_arg
-            if isinstance(arg, ChatTemplate):
-                self._template = arg
-            elif isinstance(arg, str):
-                self._template = get_chat_template(arg)
-            else:
-                self._template = self._model_chat_template()
+            self._template = resolve_chat_template(self._template_arg, self._model_chat_template)
         return self._template
 
     def _model_chat_template(self) -> ChatTemplate:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 
 class ChatTemplateStyle(Enum):
@@ -79,6 +79,23 @@ def get_chat_template(name: str) -> ChatTemplate:
     if name not in chat_template_registry:
         raise ValueError(f"unknown chat template {name!r}; known: {sorted(chat_template_registry)}")
     return chat_template_registry[name]
+
+
+def resolve_chat_template(arg: Union[str, ChatTemplate, None],
+                          model_template: Callable[[], ChatTemplate]) -> ChatTemplate:
+    """A backend's ``chat_template`` argument as a template: a :class:`ChatTemplate` as is, a
+    name through :func:`get_chat_template`, None as ``model_template()`` (the served model's own).
+
+    Raises:
+        ValueError: unknown name, or an argument of another type.
+    """
+    if isinstance(arg, ChatTemplate):
+        return arg
+    if isinstance(arg, str):
+        return get_chat_template(arg)
+    if arg is None:
+        return model_template()
+    raise ValueError(f"chat_template must be a name, a ChatTemplate or None, got {type(arg).__name__}")
 
 
 def match_chat_template(model_path: str) -> Optional[ChatTemplate]:
