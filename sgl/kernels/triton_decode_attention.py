@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sgl.kernels.triton_attention_block import attend_kv_block
+
 
 @triton.jit
 def _decode_stage1(Q, K_Buf, V_Buf, Req_to_token, Req_pool_indices, Seq_lens, Mid_O, Mid_LSE, sm_scale,
@@ -50,25 +52,9 @@ def _decode_stage1(Q, K_Buf, V_Buf, Req_to_token, Req_pool_indices, Seq_lens, Mi
             mask_n = offs_n < end
             slots = tl.load(Req_to_token + row * stride_r2t + offs_n, mask=mask_n, other=0).to(tl.int64)
             kv_mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(K_Buf + slots[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0).to(q.dtype)
-            if DOT_IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                qk = tl.dot(q, tl.trans(k))
-            qk = tl.where(mask_n[None, :], qk * sm_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
-            v = tl.load(V_Buf + slots[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0).to(q.dtype)
-            if DOT_IEEE:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            acc, l_i, m_i = attend_kv_block(q, acc, l_i, m_i, K_Buf, V_Buf, slots, kv_mask, mask_n[None, :],
+                                            kv_head, offs_d, sm_scale, stride_kt, stride_kh, stride_vt,
+                                            stride_vh, DOT_IEEE)
         tl.store(Mid_O + b * stride_mob + heads[:, None] * stride_moh + split * stride_mos + offs_d[None, :],
                  acc / l_i[:, None], mask=mask_h[:, None] & mask_d[None, :])
         tl.store(Mid_LSE + b * stride_mlb + heads * stride_mlh + split, m_i + tl.log(l_i), mask=mask_h)

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sgl.kernels.triton_attention_block import attend_kv_block
+
 
 @triton.jit
 def _extend_kernel(Q, O, K_Buf, V_Buf, Req_to_token, Req_pool_indices, Prefix_lens, Extend_lens, Qo_start,
@@ -49,27 +51,11 @@ def _extend_kernel(Q, O, K_Buf, V_Buf, Req_to_token, Req_pool_indices, Prefix_le
             mask_n = offs_n < kv_end
             slots = tl.load(Req_to_token + row * stride_r2t + offs_n, mask=mask_n, other=0).to(tl.int64)
             kv_mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(K_Buf + slots[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0).to(q.dtype)
-            if DOT_IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                qk = tl.dot(q, tl.trans(k))
             # padding rows (offs_m >= ext_len) still see key 0, so no row is all -inf
             visible = mask_n[None, :] & (offs_n[None, :] <= prefix_len + offs_m[:, None])
-            qk = tl.where(visible, qk * sm_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(qk - m_new[:, None])
-            v = tl.load(V_Buf + slots[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :],
-                        mask=kv_mask, other=0.0).to(q.dtype)
-            if DOT_IEEE:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            acc, l_i, m_i = attend_kv_block(q, acc, l_i, m_i, K_Buf, V_Buf, slots, kv_mask, visible, kv_head,
+                                            offs_d, sm_scale, stride_kt, stride_kh, stride_vt, stride_vh,
+                                            DOT_IEEE)
         tl.store(O + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
                  acc / l_i[:, None], mask=mask_m[:, None] & mask_d[None, :])
 
