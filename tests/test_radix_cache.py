@@ -1,17 +1,14 @@
 """RadixCache tests: exact match lengths, slots, lock counts, sizes and eviction order.
 
 Style after vLLM v1's prefix-caching tests: small ``make_*`` factories and
-exact expected values. A hypothesis state machine at the end checks the
-invariants under random insert/match/lock/unlock/evict/request sequences.
+exact expected values. The hypothesis state machine is in
+test_radix_cache_properties.py.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sgl.engine.cache import CACHE_MANAGERS, NoneCache, RadixCache, make_cache_manager
 from sgl.engine.memory_pool import TokenToKVPool
@@ -329,155 +326,3 @@ def test_registry_builds_by_name():
     assert {"radix", "none"} <= set(CACHE_MANAGERS.names())
     with pytest.raises(ValueError, match="known"):
         make_cache_manager("nope", pool)
-
-
-# -------------------------------------------------------- property-based
-POOL_SIZE = 24
-token_seqs = st.lists(st.integers(0, 3), min_size=1, max_size=7)
-
-
-class RadixCacheMachine(RuleBasedStateMachine):
-    """Random cache traffic against a reference dict: prefix tuple -> slot."""
-
-    def __init__(self):
-        super().__init__()
-        self.pool, self.cache = make_cache(POOL_SIZE)
-        self.ref = {}  # every cached prefix (a tuple) -> the slot of its last token
-        self.locks = []  # (handle, prefix tuple) locked directly by the test
-        self.reqs = []  # dicts: tokens, kv, handle, prefix_len (slots kv[prefix_len:] are the test's)
-
-    def cached_len(self, tokens) -> int:
-        n = 0
-        while n < len(tokens) and tuple(tokens[: n + 1]) in self.ref:
-            n += 1
-        return n
-
-    def expected_kv(self, tokens, n):
-        return [self.ref[tuple(tokens[: i + 1])] for i in range(n)]
-
-    def tree_dict(self):
-        out, stack = {}, [((), self.cache.root_node)]
-        while stack:
-            prefix, node = stack.pop()
-            for child in node.children.values():
-                p = prefix
-                for tok, slot in zip(child.key, child.value.tolist()):
-                    p = p + (tok,)
-                    out[p] = slot
-                stack.append((p, child))
-        return out
-
-    def match(self, tokens):
-        m = self.cache.match_prefix(tokens)
-        n = self.cached_len(tokens)
-        assert m.prefix_len == n and m.kv_indices.tolist() == self.expected_kv(tokens, n)
-        return m
-
-    def evict(self, n):
-        before_avail, before_evictable = self.pool.available_size(), self.cache.evictable_size()
-        freed = self.cache.evict(n)
-        assert self.pool.available_size() == before_avail + freed
-        assert freed >= min(n, before_evictable) and freed <= before_evictable
-        tree = self.tree_dict()
-        assert all(self.ref[p] == s for p, s in tree.items())
-        assert len(self.ref) - len(tree) == freed
-        self.ref = tree
-
-    def alloc(self, n):
-        if self.pool.available_size() < n:
-            self.evict(n - self.pool.available_size())
-        return self.pool.alloc(n)
-
-    def record_insert(self, tokens, kv, prefix_len, call):
-        already = self.cached_len(tokens)
-        avail = self.pool.available_size()
-        result = call()
-        assert self.pool.available_size() == avail + (already - prefix_len)
-        for i in range(already, len(tokens)):
-            self.ref[tuple(tokens[: i + 1])] = int(kv[i])
-        return result
-
-    @rule(tokens=token_seqs)
-    def insert(self, tokens):
-        slots = self.alloc(len(tokens))
-        if slots is None:
-            return
-        already = self.cached_len(tokens)
-        assert self.cache.insert(tokens, slots) == already
-        self.pool.free(slots[:already])
-        for i in range(already, len(tokens)):
-            self.ref[tuple(tokens[: i + 1])] = int(slots[i])
-
-    @rule(tokens=token_seqs)
-    def match_and_lock(self, tokens):
-        m = self.match(tokens)
-        self.cache.lock(m.handle)
-        self.locks.append((m.handle, tuple(tokens[: m.prefix_len])))
-
-    @precondition(lambda self: self.locks)
-    @rule(i=st.integers(0, 100))
-    def unlock(self, i):
-        handle, _ = self.locks.pop(i % len(self.locks))
-        self.cache.unlock(handle)
-
-    @rule(n=st.integers(0, POOL_SIZE))
-    def evict_tokens(self, n):
-        self.evict(n)
-
-    @rule(tokens=token_seqs)
-    def start_req(self, tokens):
-        m = self.match(tokens)
-        self.cache.lock(m.handle)
-        own = self.alloc(len(tokens) - m.prefix_len)
-        if own is None:
-            self.cache.unlock(m.handle)
-            return
-        self.reqs.append(dict(tokens=tokens, kv=torch.cat([m.kv_indices, own]), handle=m.handle,
-                              prefix_len=m.prefix_len))
-
-    @precondition(lambda self: self.reqs)
-    @rule(i=st.integers(0, 100), more=token_seqs)
-    def chunk_req(self, i, more):
-        r = self.reqs[i % len(self.reqs)]
-        m = self.record_insert(r["tokens"], r["kv"], r["prefix_len"], lambda: self.cache.cache_unfinished_req(
-            r["tokens"], r["kv"], r["handle"], r["prefix_len"]))
-        assert m.prefix_len == len(r["tokens"]) and m.kv_indices.tolist() == self.expected_kv(r["tokens"], m.prefix_len)
-        r.update(kv=m.kv_indices, handle=m.handle, prefix_len=m.prefix_len)
-        own = self.alloc(len(more))  # the next chunk's tokens
-        if own is not None:
-            r.update(tokens=r["tokens"] + more, kv=torch.cat([r["kv"], own]))
-
-    @precondition(lambda self: self.reqs)
-    @rule(i=st.integers(0, 100))
-    def finish_req(self, i):
-        r = self.reqs.pop(i % len(self.reqs))
-        self.record_insert(r["tokens"], r["kv"], r["prefix_len"], lambda: self.cache.cache_finished_req(
-            r["tokens"], r["kv"], r["handle"], r["prefix_len"]))
-
-    @invariant()
-    def consistent(self):
-        idle = not self.locks and not self.reqs
-        self.cache.check_integrity(idle=idle)
-        assert self.tree_dict() == self.ref
-        for _, prefix in self.locks:
-            assert all(prefix[: i + 1] in self.ref for i in range(len(prefix)))
-        # free list + tree slots + request-owned slots partition 1..POOL_SIZE exactly
-        owned = self.pool.free_slots.tolist() + list(self.ref.values())
-        for r in self.reqs:
-            owned += r["kv"][r["prefix_len"]:].tolist()
-        assert sorted(owned) == list(range(1, POOL_SIZE + 1))
-        assert self.cache.total_size() == len(self.ref)
-
-    def teardown(self):
-        for handle, _ in self.locks:
-            self.cache.unlock(handle)
-        for r in self.reqs:
-            self.cache.cache_finished_req(r["tokens"], r["kv"], r["handle"], r["prefix_len"])
-        self.cache.check_integrity()
-        self.cache.reset()
-        assert self.pool.available_size() == POOL_SIZE
-
-
-RadixCacheMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
-                                               suppress_health_check=[HealthCheck.too_slow])
-TestRadixCacheProperties = RadixCacheMachine.TestCase
