@@ -55,6 +55,7 @@ class BlockWeight:
 
     @property
     def shape(self) -> Tuple[int, int]:
+        """``(rows, cols)`` of the weight."""
         return tuple(self.codes.shape)
 
     def dequantize(self) -> torch.Tensor:
