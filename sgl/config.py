@@ -87,8 +87,20 @@ class SchedulerConfig:
 
 @dataclass
 class AttentionConfig:
-    """backend: AttentionBackend implementation (torch | triton)."""
+    """backend: AttentionBackend implementation (torch | triton);
+    decode_staging_mb: torch backend only: memory (MiB) for a dense copy of the decode batch's K/V that
+    is extended in place each step instead of gathered from the paged pool in every layer (0 = always
+    gather; sgl/kernels/attention/decode_staging.py)."""
     backend: str = "torch"
+    decode_staging_mb: int = 512
+
+    def __post_init__(self):
+        if self.decode_staging_mb < 0:
+            raise ValueError(f"attention.decode_staging_mb must be >= 0, got {self.decode_staging_mb}")
+
+    def backend_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for ``make_attention_backend(self.backend, ...)``."""
+        return {"decode_staging_mb": self.decode_staging_mb} if self.backend == "torch" else {}
 
 
 @dataclass

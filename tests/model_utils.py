@@ -71,7 +71,7 @@ class KVBook:
         as_t = lambda xs: torch.tensor(list(xs), dtype=torch.int64, device=dev)  # noqa: E731
         return ForwardBatch(
             forward_mode=mode, input_ids=as_t(input_ids), positions=positions.to(dev),
-            req_pool_indices=as_t(rows), seq_lens=as_t(seq), out_cache_loc=out_cache_loc.to(dev),
+            req_pool_indices=as_t(rows), req_pool_indices_cpu=tuple(rows), seq_lens=as_t(seq), out_cache_loc=out_cache_loc.to(dev),
             seq_lens_cpu=tuple(seq), req_to_token_pool=self.req_to_token_pool,
             token_to_kv_pool=self.token_to_kv_pool,
             extend_prefix_lens=None if prefix is None else as_t(prefix),

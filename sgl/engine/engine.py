@@ -88,7 +88,7 @@ class Engine:
         dtype = getattr(torch, mc.dtype)
         if config.sampler.seed is not None:
             torch.manual_seed(config.sampler.seed)
-        self.attn_backend = make_attention_backend(config.attention.backend)
+        self.attn_backend = make_attention_backend(config.attention.backend, **config.attention.backend_kwargs())
         loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend,
                             torch_compile=mc.enable_torch_compile, gguf_block_gemv=mc.gguf_block_gemv)
         self.loaded = loaded

@@ -50,9 +50,10 @@ class ForwardBatch:
             already in the KV pool before this step.
         extend_seq_lens: int64 ``[bs]`` (EXTEND only, else None): new tokens
             per request.
-        seq_lens_cpu / extend_prefix_lens_cpu / extend_seq_lens_cpu: the same
-            as Python lists, so backends can loop or build metadata without a
-            device sync.
+        seq_lens_cpu / extend_prefix_lens_cpu / extend_seq_lens_cpu /
+            req_pool_indices_cpu: the same as Python tuples, so backends can
+            loop or build metadata without a device sync
+            (``req_pool_indices_cpu`` may be None: read from the tensor).
         req_to_token_pool, token_to_kv_pool: the memory pools.
     """
 
@@ -69,6 +70,7 @@ class ForwardBatch:
     extend_seq_lens: Optional[torch.Tensor] = None
     extend_prefix_lens_cpu: Optional[tuple] = None
     extend_seq_lens_cpu: Optional[tuple] = None
+    req_pool_indices_cpu: Optional[tuple] = None
 
     @property
     def batch_size(self) -> int:

@@ -78,10 +78,11 @@ class ModelRunner:
             positions.extend(range(r.kv_len, r.kv_len + ext))
         prefix_lens = tuple(r.kv_len for r in reqs)
         seq_lens = tuple(p + e for p, e in zip(prefix_lens, extend_lens))
+        rows = tuple(r.req_pool_idx for r in reqs)
         fb = ForwardBatch(
             forward_mode=ForwardMode.EXTEND,
             input_ids=self._tensor(input_ids), positions=self._tensor(positions),
-            req_pool_indices=self._tensor([r.req_pool_idx for r in reqs]),
+            req_pool_indices=self._tensor(rows), req_pool_indices_cpu=rows,
             seq_lens=self._tensor(seq_lens), out_cache_loc=out_cache_loc, seq_lens_cpu=seq_lens,
             req_to_token_pool=self.req_to_token_pool, token_to_kv_pool=self.token_to_kv_pool,
             extend_prefix_lens=self._tensor(prefix_lens), extend_seq_lens=self._tensor(list(extend_lens)),
@@ -97,11 +98,12 @@ class ModelRunner:
             float32 ``[len(reqs), vocab]``.
         """
         seq_lens = tuple(r.kv_len + 1 for r in reqs)
+        rows = tuple(r.req_pool_idx for r in reqs)
         fb = ForwardBatch(
             forward_mode=ForwardMode.DECODE,
             input_ids=self._tensor([r.output_ids[-1] for r in reqs]),
             positions=self._tensor([r.kv_len for r in reqs]),
-            req_pool_indices=self._tensor([r.req_pool_idx for r in reqs]),
+            req_pool_indices=self._tensor(rows), req_pool_indices_cpu=rows,
             seq_lens=self._tensor(seq_lens), out_cache_loc=out_cache_loc, seq_lens_cpu=seq_lens,
             req_to_token_pool=self.req_to_token_pool, token_to_kv_pool=self.token_to_kv_pool)
         return self.model.compute_logits(self.model.forward(fb))
