@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from model_utils import KVBook, hf_logits, random_hf_model, tiny_config
 
 from sgl.kernels.attention import make_attention_backend
@@ -191,6 +192,29 @@ def test_cpu_prepacked_linears_match_hf(name):
     torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
     ours.load_weights(hf.state_dict().items())  # reloading drops the (now stale) packed copies
     assert all(m.packed_weight is None for m in ours.modules() if hasattr(m, "packed_weight"))
+    assert all(layer.mlp.gate_up_proj.packed_gate_up is None for layer in ours.model.layers)
+
+
+def test_gemm_post_ops_match_separate_ops():
+    """Linear.forward_add and GateUpLinear.forward_silu_mul, eager and with oneDNN post-ops."""
+    from sgl.models.layers import GateUpLinear, Linear, silu_and_mul
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 16, generator=gen)
+    lin, gu = Linear(16, 24, bias=True), GateUpLinear(16, 12, bias=True)
+    for p in (lin.weight, lin.bias, gu.weight, gu.bias):
+        p.data.copy_(torch.randn(p.shape, generator=gen))
+    residual = torch.randn(5, 24, generator=gen)
+    assert torch.equal(lin.forward_add(x, residual), F.linear(x, lin.weight, lin.bias) + residual)
+    ref = silu_and_mul(F.linear(x, gu.weight, gu.bias))
+    assert torch.equal(gu.forward_silu_mul(x), ref)
+    assert lin.prepack_cpu() and gu.prepack_cpu()
+    assert gu.packed_weight is None and len(gu.packed_gate_up) == 2  # gate and up packed apart
+    assert torch.equal(lin.forward_add(x, residual), lin(x) + residual)  # the post-op add is exact
+    torch.testing.assert_close(gu.forward_silu_mul(x), ref, atol=1e-5, rtol=1e-6)  # oneDNN's swish
+    torch.testing.assert_close(gu(x), F.linear(x, gu.weight, gu.bias), atol=1e-5, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["llama-bias-linearrope", "qwen2-tied"])

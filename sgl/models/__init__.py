@@ -5,5 +5,5 @@
 - ``gguf_convert``: one-time GGUF -> HF directory conversion into a cache.
 - ``registry``: ``get_model_class(config.architectures)``.
 - ``llama`` / ``qwen2``: ``*ForCausalLM`` modules over the paged KV pool.
-- ``layers``: fused linears with weight loaders, RMSNorm, RoPE, SiluAndMul.
+- ``layers``: fused linears with weight loaders, RMSNorm, RoPE, the SiLU-gated MLP projection.
 """

@@ -70,12 +70,14 @@ class Linear(nn.Module):
         dtypes other than float32/bfloat16. The model's ``load_weights``
         drops packed copies (they would be stale).
         """
-        w = self.weight
-        if (w.device.type != "cpu" or not torch.backends.mkldnn.is_available()
-                or w.dtype not in (torch.float32, torch.bfloat16)):
+        if not can_prepack(self.weight):
             return False
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), batch_hint)
         return True
+
+    def drop_derived_weights(self) -> None:
+        """Forget packed and block copies (call when the float weight changes: they would be stale)."""
+        self.packed_weight = self.block_weight = None
 
     def set_block_weight(self, shards: dict) -> bool:
         """Keep the block-affine form of the weight (:class:`~sgl.models.gguf_blocks.BlockWeight`
@@ -106,12 +108,29 @@ class Linear(nn.Module):
         return self.block_weight if self.block_weight is not None else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[n, in_features]`` -> ``[n, out_features]``."""
         if self.packed_weight is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    def forward_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T + b + other`` with ``other`` ``[n, out_features]`` (a residual).
+
+        With a packed weight the add is a post-op of the oneDNN GEMM, applied to
+        each output tile while it is in cache: the same float32 result as a
+        separate add, bit for bit, without a pass over the output."""
+        if self.packed_weight is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed_weight, self.bias, "add")
+        return F.linear(x, self.weight, self.bias) + other
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def can_prepack(weight: torch.Tensor) -> bool:
+    """True when oneDNN can pack ``weight`` (a float32 or bfloat16 CPU tensor, oneDNN built in)."""
+    return (weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and weight.dtype in (torch.float32, torch.bfloat16))
 
 
 def prepack_linears_cpu(model: nn.Module, batch_hint: int = 8) -> int:
@@ -144,6 +163,53 @@ class MergedLinear(Linear):
     def shard_offsets(self) -> dict:
         starts = [sum(self.output_sizes[:i]) for i in range(len(self.output_sizes))]
         return {i: (s, n) for i, (s, n) in enumerate(zip(starts, self.output_sizes))}
+
+
+class GateUpLinear(MergedLinear):
+    """The gate and up projections of a gated MLP, stacked (shards 0 and 1, ``intermediate_size`` rows each).
+
+    ``forward_silu_mul(x)`` gives ``silu(gate(x)) * up(x)`` ``[n, intermediate_size]``.
+    On CPU, :meth:`prepack_cpu` packs gate and up as two oneDNN weights instead
+    of one, so that SiLU runs as the gate GEMM's post-op (oneDNN's swish,
+    within ~1 ulp of ``F.silu``) and the product as the up GEMM's (exact): no
+    ``[n, 2 * intermediate_size]`` intermediate and no elementwise passes
+    (bundled model at batch 32: ~3% of the decode step).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
+        super().__init__(hidden_size, [intermediate_size, intermediate_size], bias=bias)
+        self.intermediate_size = intermediate_size
+        self.packed_gate_up: Optional[tuple] = None  # (gate, up) packed weights
+
+    def prepack_cpu(self, batch_hint: int = 8) -> bool:
+        if not can_prepack(self.weight):
+            return False
+        gate, up = self.weight.detach().split(self.intermediate_size)
+        self.packed_gate_up = tuple(torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_hint)
+                                    for w in (gate, up))
+        return True
+
+    def drop_derived_weights(self) -> None:
+        super().drop_derived_weights()
+        self.packed_gate_up = None
+
+    def _biases(self):
+        return (None, None) if self.bias is None else self.bias.split(self.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[n, in_features]`` -> gate and up outputs side by side, ``[n, 2 * intermediate_size]``."""
+        if self.packed_gate_up is None:
+            return super().forward(x)
+        return torch.cat([torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+                          for w, b in zip(self.packed_gate_up, self._biases())], dim=-1)
+
+    def forward_silu_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``silu(x @ Wg.T + bg) * (x @ Wu.T + bu)``: ``[n, in_features]`` -> ``[n, intermediate_size]``."""
+        if self.packed_gate_up is None:
+            return silu_and_mul(super().forward(x))
+        (w_gate, w_up), (b_gate, b_up) = self.packed_gate_up, self._biases()
+        gate = torch.ops.mkldnn._linear_pointwise(x, w_gate, b_gate, "swish", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, gate, w_up, b_up, "mul")
 
 
 class VocabEmbedding(nn.Module):
@@ -281,14 +347,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim
     return (x * cos + torch.cat((-x2, x1), dim=-1) * sin).view(n, -1)
 
 
-class SiluAndMul(nn.Module):
-    """``[n, 2 * d]`` -> ``[n, d]``: ``silu(x[:, :d]) * x[:, d:]`` (SwiGLU, Shazeer 2020)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(x)
-
-
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """``[n, 2 * d]`` -> ``[n, d]``: ``silu(x[:, :d]) * x[:, d:]``."""
+    """``[n, 2 * d]`` -> ``[n, d]``: ``silu(x[:, :d]) * x[:, d:]`` (SwiGLU, Shazeer 2020)."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up

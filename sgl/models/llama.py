@@ -11,7 +11,7 @@ tensor, so no layer loops over requests or syncs with the host.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Tuple
+from typing import TYPE_CHECKING, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,8 +19,8 @@ from torch import nn
 from sgl.engine.forward_batch import ForwardBatch
 from sgl.kernels.attention.base import AttentionBackend
 from sgl.models.compiled_decode import compiled, configure_compile, gemv, post_attention, pre_attention
-from sgl.models.layers import (Linear, MergedLinear, QKVLinear, RMSNorm, RotaryEmbedding, SiluAndMul,
-                               VocabEmbedding, apply_rotary, rope_parameters)
+from sgl.models.layers import (GateUpLinear, Linear, QKVLinear, RMSNorm, RotaryEmbedding, VocabEmbedding,
+                               apply_rotary, rope_parameters)
 
 if TYPE_CHECKING:
     from sgl.models.gguf_blocks import BlockWeight
@@ -66,13 +66,15 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(self.q_size, hf_config.hidden_size, bias=o_bias)
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                forward_batch: ForwardBatch) -> torch.Tensor:
+                forward_batch: ForwardBatch, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[n, hidden]`` normed input -> ``[n, hidden]`` (plus ``residual``, added inside o_proj's GEMM)."""
         qkv = self.qkv_proj(hidden_states)
         qk_size = self.q_size + self.kv_size
         # rotate q and k heads in one pass; q, k, v stay views (no copies)
         q, k = apply_rotary(qkv[:, :qk_size], cos, sin, self.head_dim).split([self.q_size, self.kv_size], dim=-1)
         v = qkv[:, qk_size:]
-        return self.o_proj(self.attend(q, k, v, forward_batch))
+        out = self.attend(q, k, v, forward_batch)
+        return self.o_proj(out) if residual is None else self.o_proj.forward_add(out, residual)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
         """Store k/v of the new tokens in the KV pool and attend: ``[n, num_heads * head_dim]`` out."""
@@ -81,21 +83,28 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """Gated MLP ``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul."""
+    """Gated MLP ``down(silu(gate(x)) * up(x))``; gate and up share one weight (:class:`GateUpLinear`)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
         super().__init__()
-        self.gate_up_proj = MergedLinear(hidden_size, [intermediate_size, intermediate_size], bias=bias)
+        self.gate_up_proj = GateUpLinear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
-        self.act_fn = SiluAndMul()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[n, hidden]`` -> ``[n, hidden]`` (plus ``residual``, added inside down_proj's GEMM)."""
+        act = self.gate_up_proj.forward_silu_mul(x)
+        return self.down_proj(act) if residual is None else self.down_proj.forward_add(act, residual)
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block; carries the residual stream separately so the add is
-    fused into the next norm."""
+    """Pre-norm block: ``forward(hidden, residual, cos, sin, fb) -> (hidden, residual)``.
+
+    Two ways to carry the residual stream, chosen per step (every layer of a step
+    takes the same one). Steps run by the compiled regions return the MLP output
+    and the residual separately (the add is fused into the next layer's norm).
+    Eager steps add the residual inside the o_proj and down_proj GEMMs (oneDNN
+    post-ops) and return ``(stream, None)``; a layer given ``residual=None``
+    takes its input as the stream."""
 
     def __init__(self, hf_config, layer_id: int, attn_backend: AttentionBackend, qkv_bias: bool, o_bias: bool):
         super().__init__()
@@ -118,9 +127,8 @@ class LlamaDecoderLayer(nn.Module):
             hidden_states = self.input_layernorm(hidden_states)
         else:
             hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        hidden_states = self.self_attn(hidden_states, cos, sin, forward_batch)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
-        return self.mlp(hidden_states), residual
+        residual = self.self_attn(hidden_states, cos, sin, forward_batch, residual=residual)
+        return self.mlp(self.post_attention_layernorm(residual), residual=residual), None
 
     def compiled_pre_attention(self, hidden_states, residual, cos, sin):
         """Tokens through :func:`~sgl.models.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
@@ -155,8 +163,9 @@ class LlamaModel(nn.Module):
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, cos, sin, forward_batch)
-        hidden_states, _ = self.norm(hidden_states, residual)
-        return hidden_states
+        if residual is None:
+            return self.norm(hidden_states)
+        return self.norm(hidden_states, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -252,7 +261,7 @@ class LlamaForCausalLM(nn.Module):
         """
         for module in self.modules():  # packed and block copies would go stale
             if isinstance(module, Linear):
-                module.packed_weight = module.block_weight = None
+                module.drop_derived_weights()
         params = dict(self.named_parameters())
         loaded = set()
         for name, tensor in weights:
