@@ -3,8 +3,10 @@
     python bench/bench_throughput.py [--batches 1 8 32] [--new-tokens 64] [--skip-hf] [--skip-ablation]
 
 Prints a table with medians over --repeats runs and the ratios, all measured in
-this run on the bundled SmolLM2-135M-Instruct (fp32, CPU). The transformers
-baseline runs first, in a child process, so the two never share a process.
+this run on the bundled SmolLM2-135M-Instruct (fp32, CPU). transformers runs in
+a child process, so the two never share a process, and the two sides take turns
+(one transformers run, one sgl run, ...), so a busier or quieter spell of a
+shared machine falls on both; the last column is the range of those pairs' ratios.
 At batch 1 a second table shows what each single-token optimisation adds:
 the eager model, the torch.compile'd path over float32 weights, and the
 default, which reads the GGUF's own quantized blocks (the same weights;
@@ -58,18 +60,25 @@ def hf_decode_tps(model, tok, prompts, new_tokens):
     return (out.shape[1] - enc["input_ids"].shape[1]) * len(prompts) / dt
 
 
-def hf_baseline(model_dir, batches, new_tokens, repeats):
-    """transformers' generate tok/s per batch size, median of ``repeats`` (run in a child process, so
-    neither side shares an OpenMP team with the other)."""
+_HF: dict = {}
+
+
+def hf_load(model_dir):
+    """Worker initializer: load transformers' model and tokenizer once in the child process."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    out = {}
-    for bs in batches:
-        prompts = [chat(tok, QUESTIONS[i % len(QUESTIONS)] + f" #{i}") for i in range(bs)]
-        out[bs] = statistics.median(hf_decode_tps(hf, tok, prompts, new_tokens) for _ in range(repeats))
-    return out
+    _HF["tok"] = AutoTokenizer.from_pretrained(model_dir)
+    _HF["model"] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def hf_run(bs, new_tokens):
+    """One transformers ``generate`` measurement at batch ``bs`` (in the worker process)."""
+    tok = _HF["tok"]
+    return hf_decode_tps(_HF["model"], tok, batch_prompts(tok, bs), new_tokens)
+
+
+def batch_prompts(tok, bs):
+    return [chat(tok, QUESTIONS[i % len(QUESTIONS)] + f" #{i}") for i in range(bs)]
 
 
 def shared_prefix(engine, n=32, new_tokens=16):
@@ -108,7 +117,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-ablation", action="store_true", help="skip the batch-1 ablation table")
     ap.add_argument("--attention", default="torch")
@@ -117,17 +126,26 @@ def main():
 
     engine = sgl.Engine(log_interval=0, attention=args.attention)
     tok = engine.tokenizer
-    ref = {bs: float("nan") for bs in args.batches}
-    if not args.skip_hf:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            ref = pool.submit(hf_baseline, engine.loaded.model_dir, args.batches, args.new_tokens,
-                              args.repeats).result()
-
-    print(f"{'batch':>5} | {'sgl tok/s':>10} | {'hf tok/s':>10} | {'ratio':>6}")
+    pool = None
+    if not args.skip_hf:  # transformers lives in a child process, so the two never share an OpenMP team
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=hf_load,
+                                   initargs=(engine.loaded.model_dir,))
+    hf = (lambda bs, n: pool.submit(hf_run, bs, n).result()) if pool else (lambda bs, n: float("nan"))
+    ref = {}
+    print(f"{'batch':>5} | {'sgl tok/s':>10} | {'hf tok/s':>10} | {'ratio':>6} | {'paired ratios':>13}")
     for bs in args.batches:
-        prompts = [chat(tok, QUESTIONS[i % len(QUESTIONS)] + f" #{i}") for i in range(bs)]
-        ours = statistics.median(sgl_decode_tps(engine, prompts, args.new_tokens) for _ in range(args.repeats))
-        print(f"{bs:>5} | {ours:>10.1f} | {ref[bs]:>10.1f} | {ours / ref[bs]:>6.2f}")
+        prompts = batch_prompts(tok, bs)
+        hf(bs, 4)  # warm-ups, not counted
+        sgl_decode_tps(engine, prompts, 4)
+        pairs = [(hf(bs, args.new_tokens), sgl_decode_tps(engine, prompts, args.new_tokens))
+                 for _ in range(args.repeats)]  # alternated, so both sides see the same machine
+        ref[bs] = statistics.median(h for h, _ in pairs)
+        ours = statistics.median(o for _, o in pairs)
+        ratios = sorted(o / h for h, o in pairs)
+        print(f"{bs:>5} | {ours:>10.1f} | {ref[bs]:>10.1f} | {ours / ref[bs]:>6.2f} | "
+              f"{ratios[0]:>5.2f} - {ratios[-1]:<5.2f}")
+    if pool:
+        pool.shutdown()
 
     radix = shared_prefix(engine)
     engine.shutdown()
