@@ -3,10 +3,15 @@
     python bench/bench_throughput.py [--batches 1 8 32] [--new-tokens 64] [--skip-hf] [--skip-ablation]
 
 Prints a table with medians over --repeats runs and the ratios, all measured in
-this run on the bundled SmolLM2-135M-Instruct (fp32, CPU). transformers runs in
-a child process, so the two never share a process, and the two sides take turns
-(one transformers run, one sgl run, ...), so a busier or quieter spell of a
-shared machine falls on both; the last column is the range of those pairs' ratios.
+this run on the bundled SmolLM2-135M-Instruct (fp32, CPU), the same way for both
+sides: each request generates exactly --new-tokens tokens (sgl from an empty
+prefix cache); decode tok/s is ``bs * (new_tokens - 1)`` over the time of that
+generate minus the time of a 1-token generate (prefill and first token cancel),
+end-to-end tok/s is ``bs * new_tokens`` over the generate's wall time.
+transformers runs in a child process, so the two never share a process, and the
+two sides take turns (one transformers measurement, one sgl measurement, ...), so
+a busier or quieter spell of a shared machine falls on both; "paired ratios" is
+the range of the decode ratios of those pairs.
 At batch 1 a second table shows what each single-token optimisation adds:
 the eager model, the torch.compile'd path over float32 weights, and the
 default, which reads the GGUF's own quantized blocks (the same weights;
@@ -38,16 +43,19 @@ def chat(tok, q, system=None):
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def sgl_decode_tps(engine, prompts, new_tokens):
-    """Generated tokens / wall seconds of the decode phase (prefill excluded via a warm 0-token pass)."""
-    engine.generate(prompts, {"max_new_tokens": 0})  # prefill into the cache; measure decode-dominated runs
+def sgl_generate_s(engine, prompts, new_tokens):
+    """Wall seconds of one ``generate`` of ``new_tokens`` per prompt from an empty prefix cache
+    (prefill included, as in transformers' ``generate``)."""
+    engine.flush_cache()
     t0 = time.perf_counter()
     outs = engine.generate(prompts, {"temperature": 0, "max_new_tokens": new_tokens, "ignore_eos": True})
     dt = time.perf_counter() - t0
-    return sum(o["meta_info"]["completion_tokens"] for o in outs) / dt
+    assert all(o["meta_info"]["completion_tokens"] == new_tokens for o in outs)
+    return dt
 
 
-def hf_decode_tps(model, tok, prompts, new_tokens):
+def hf_generate_s(model, tok, prompts, new_tokens):
+    """Wall seconds of transformers' greedy ``generate`` of exactly ``new_tokens`` per prompt."""
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -57,7 +65,16 @@ def hf_decode_tps(model, tok, prompts, new_tokens):
         out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
     dt = time.perf_counter() - t0
-    return (out.shape[1] - enc["input_ids"].shape[1]) * len(prompts) / dt
+    assert out.shape[1] - enc["input_ids"].shape[1] == new_tokens
+    return dt
+
+
+def throughputs(generate_s, bs, new_tokens):
+    """(decode tok/s, end-to-end tok/s) of one measurement: ``generate_s(n)`` is timed for
+    ``new_tokens`` and for 1 token, and decode = ``bs * (new_tokens - 1)`` tokens over the
+    difference (the prefill and the first token cancel); end-to-end = all tokens over the first."""
+    t_full, t_first = generate_s(new_tokens), generate_s(1)
+    return bs * (new_tokens - 1) / (t_full - t_first), bs * new_tokens / t_full
 
 
 _HF: dict = {}
@@ -72,9 +89,10 @@ def hf_load(model_dir):
 
 
 def hf_run(bs, new_tokens):
-    """One transformers ``generate`` measurement at batch ``bs`` (in the worker process)."""
+    """:func:`throughputs` of transformers' ``generate`` at batch ``bs`` (in the worker process)."""
     tok = _HF["tok"]
-    return hf_decode_tps(_HF["model"], tok, batch_prompts(tok, bs), new_tokens)
+    prompts = batch_prompts(tok, bs)
+    return throughputs(lambda n: hf_generate_s(_HF["model"], tok, prompts, n), bs, new_tokens)
 
 
 def batch_prompts(tok, bs):
@@ -95,7 +113,7 @@ def shared_prefix(engine, n=32, new_tokens=16):
 
 
 def batch1_ablation(prompt, args, hf_tps):
-    """Batch-1 tok/s of the eager model, the torch.compile'd path on float32 weights, and the
+    """Batch-1 decode tok/s of the eager model, the torch.compile'd path on float32 weights, and the
     default (compiled path reading the GGUF's blocks), each against the same transformers figure.
     One engine at a time: an idle engine's OpenMP team would slow the measured one."""
     rows = {}
@@ -103,8 +121,9 @@ def batch1_ablation(prompt, args, hf_tps):
                       ("torch.compile, fp32 weights", dict(gguf_block_gemv=False)),
                       ("torch.compile, GGUF blocks (default)", {})):
         other = sgl.Engine(log_interval=0, attention=args.attention, **kw)
-        rows[label] = statistics.median(sgl_decode_tps(other, [prompt], args.new_tokens)
-                                        for _ in range(args.repeats))
+        rows[label] = statistics.median(
+            throughputs(lambda n: sgl_generate_s(other, [prompt], n), 1, args.new_tokens)[0]
+            for _ in range(args.repeats))
         other.shutdown()
     print()
     print("batch 1 ablation (model.enable_torch_compile, model.gguf_block_gemv)")
@@ -130,20 +149,25 @@ def main():
     if not args.skip_hf:  # transformers lives in a child process, so the two never share an OpenMP team
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=hf_load,
                                    initargs=(engine.loaded.model_dir,))
-    hf = (lambda bs, n: pool.submit(hf_run, bs, n).result()) if pool else (lambda bs, n: float("nan"))
+    nan = (float("nan"), float("nan"))
+    hf = (lambda bs, n: pool.submit(hf_run, bs, n).result()) if pool else (lambda bs, n: nan)
     ref = {}
-    print(f"{'batch':>5} | {'sgl tok/s':>10} | {'hf tok/s':>10} | {'ratio':>6} | {'paired ratios':>13}")
+    print(f"{'':>5} | {'decode tok/s (prefill excluded)':^40} | {'end to end tok/s':^26}")
+    print(f"{'batch':>5} | {'sgl':>8} | {'hf':>7} | {'ratio':>5} | {'paired ratios':>11} | "
+          f"{'sgl':>7} | {'hf':>7} | {'ratio':>5}")
     for bs in args.batches:
         prompts = batch_prompts(tok, bs)
         hf(bs, 4)  # warm-ups, not counted
-        sgl_decode_tps(engine, prompts, 4)
-        pairs = [(hf(bs, args.new_tokens), sgl_decode_tps(engine, prompts, args.new_tokens))
+        sgl_generate_s(engine, prompts, 4)
+        pairs = [(hf(bs, args.new_tokens), throughputs(lambda n: sgl_generate_s(engine, prompts, n), bs,
+                                                        args.new_tokens))
                  for _ in range(args.repeats)]  # alternated, so both sides see the same machine
-        ref[bs] = statistics.median(h for h, _ in pairs)
-        ours = statistics.median(o for _, o in pairs)
-        ratios = sorted(o / h for h, o in pairs)
-        print(f"{bs:>5} | {ours:>10.1f} | {ref[bs]:>10.1f} | {ours / ref[bs]:>6.2f} | "
-              f"{ratios[0]:>5.2f} - {ratios[-1]:<5.2f}")
+        med = lambda side, i: statistics.median(p[side][i] for p in pairs)  # noqa: E731
+        ref[bs] = med(0, 0)
+        ratios = sorted(o[0] / h[0] for h, o in pairs)
+        print(f"{bs:>5} | {med(1, 0):>8.1f} | {med(0, 0):>7.1f} | {med(1, 0) / med(0, 0):>5.2f} | "
+              f"{ratios[0]:>4.2f} - {ratios[-1]:<4.2f} | {med(1, 1):>7.1f} | {med(0, 1):>7.1f} | "
+              f"{med(1, 1) / med(0, 1):>5.2f}")
     if pool:
         pool.shutdown()
 

@@ -66,11 +66,6 @@ class DecodeKVStaging:
         """Forget the staged batch (the next decode step rebuilds); the buffer is kept for reuse."""
         self._k, self._v, self._pool, self._rows, self._seq_lens = [], [], None, (), ()
 
-    def release(self) -> None:
-        """Invalidate and free the buffer."""
-        self.invalidate()
-        self._storage = None
-
     def begin_step(self, fb: ForwardBatch) -> bool:
         """Prepare for a step; returns :attr:`active`. Non-decode steps invalidate the copy.
 
