@@ -115,5 +115,8 @@ def test_staging_budget_is_validated():
         DecodeKVStaging(-1)
     with pytest.raises(ValueError, match="decode_staging_mb"):
         AttentionConfig(decode_staging_mb=-5)
+    for bad in (-1, 0.9, "8", True):
+        with pytest.raises(ValueError, match="whole number of MiB"):
+            make_attention_backend("torch", decode_staging_mb=bad)
     assert AttentionConfig(backend="triton").backend_kwargs() == {}
     assert AttentionConfig(decode_staging_mb=8).backend_kwargs() == {"decode_staging_mb": 8}

@@ -118,7 +118,7 @@ class Engine:
                  logprob_start_len=None, top_logprobs_num=None, return_text_in_logprobs: bool = False,
                  stream: bool = False, rid=None, image_data=None
                  ) -> Union[Dict[str, Any], List[Dict[str, Any]], Iterator[Dict[str, Any]]]:
-        """Generate for one prompt (-> dict) or a list (-> list of dicts); see /generate in DESIGN.md.
+        """Generate for one prompt (-> dict) or a list (-> list of dicts), with the fields of SGLang's ``/generate``.
 
         ``stream=True`` (single prompt, n=1) returns an iterator of cumulative results.
 

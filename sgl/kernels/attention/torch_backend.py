@@ -62,11 +62,17 @@ class TorchAttentionBackend(AttentionBackend):
 
     Args:
         decode_staging_mb: memory (MiB) the decode K/V staging copy may take; 0 disables it.
+            The buffer is kept for reuse once allocated (up to this size, on top of the KV pool).
+
+    Raises:
+        ValueError: ``decode_staging_mb`` is not a whole number >= 0.
     """
 
     def __init__(self, decode_staging_mb: int = DEFAULT_DECODE_STAGING_MB):
+        if isinstance(decode_staging_mb, bool) or not isinstance(decode_staging_mb, int) or decode_staging_mb < 0:
+            raise ValueError(f"decode_staging_mb must be a whole number of MiB >= 0, got {decode_staging_mb!r}")
         self.metadata: Optional[TorchAttentionMetadata] = None
-        self.staging = DecodeKVStaging(int(decode_staging_mb) * 2 ** 20)
+        self.staging = DecodeKVStaging(decode_staging_mb * 2 ** 20)
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Build the padded slot table and mask for this step (see module docstring).
