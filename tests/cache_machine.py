@@ -11,6 +11,7 @@ the invariants.
 
 from __future__ import annotations
 
+import torch
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
@@ -41,6 +42,34 @@ class CacheMachine(RuleBasedStateMachine):
         if self.pool.available_size() < n:
             self.evict(n - self.pool.available_size())
         return self.pool.alloc(n)
+
+    def lock_match(self, m, tokens) -> None:
+        """Lock match ``m`` of ``tokens`` and record it as one of the test's own locks."""
+        self.cache.lock(m.handle)
+        self.locks.append((m.handle, tuple(tokens[: m.prefix_len])))
+
+    def add_req(self, tokens, m) -> None:
+        """Start a request for ``tokens`` on the locked match ``m``: allocate the slots past the
+        prefix (evicting if short); when the pool is still short, unlock ``m`` instead."""
+        own = self.alloc(len(tokens) - m.prefix_len)
+        if own is None:
+            self.cache.unlock(m.handle)
+            return
+        self.reqs.append(dict(tokens=tokens, kv=torch.cat([m.kv_indices, own]), handle=m.handle,
+                              prefix_len=m.prefix_len))
+
+    def grow_req(self, r, more) -> None:
+        """Append the next chunk ``more`` to request ``r`` when the pool has (or can evict) its slots."""
+        own = self.alloc(len(more))
+        if own is not None:
+            r.update(tokens=r["tokens"] + more, kv=torch.cat([r["kv"], own]))
+
+    def assert_slots_partitioned(self, cached_slots) -> None:
+        """Free list + ``cached_slots`` + request-owned slots partition 1..POOL_SIZE exactly."""
+        owned = self.pool.free_slots.tolist() + list(cached_slots)
+        for r in self.reqs:
+            owned += r["kv"][r["prefix_len"]:].tolist()
+        assert sorted(owned) == list(range(1, POOL_SIZE + 1))
 
     @precondition(lambda self: self.locks)
     @rule(i=st.integers(0, 100))

@@ -5,7 +5,7 @@ cached pages, and free + cached + request-owned slots always partition the pool.
 from __future__ import annotations
 
 import torch
-from cache_machine import POOL_SIZE, CacheMachine, make_pool
+from cache_machine import CacheMachine, make_pool
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
@@ -101,22 +101,14 @@ class LRUCacheMachine(CacheMachine):
 
     @rule(tokens=token_seqs)
     def match_and_lock(self, tokens):
-        m = self.match(tokens)
-        self.cache.lock(m.handle)
-        self.locks.append((m.handle, tuple(tokens[: m.prefix_len])))
+        self.lock_match(self.match(tokens), tokens)
 
     @rule(tokens=token_seqs)
     def start_req(self, tokens):
         m = self.match(tokens[:-1])  # like the scheduler's match_limit: extend at least one token
-        self.cache.lock(m.handle)
-        self.locks.append((m.handle, tuple(tokens[: m.prefix_len])))  # held while allocating
-        own = self.alloc(len(tokens) - m.prefix_len)
+        self.lock_match(m, tokens)  # recorded while allocating, so the model's eviction spares it
+        self.add_req(tokens, m)
         self.locks.pop()
-        if own is None:
-            self.cache.unlock(m.handle)
-            return
-        self.reqs.append(dict(tokens=tokens, kv=torch.cat([m.kv_indices, own]), handle=m.handle,
-                              prefix_len=m.prefix_len))
 
     @precondition(lambda self: self.reqs)
     @rule(i=st.integers(0, 100), more=token_seqs)
@@ -127,9 +119,7 @@ class LRUCacheMachine(CacheMachine):
         full = len(r["tokens"]) // MPS * MPS
         assert m.prefix_len == full and m.kv_indices.tolist() == self.expected_kv(r["tokens"], full)
         r.update(kv=torch.cat([m.kv_indices, r["kv"][full:]]), handle=m.handle, prefix_len=full)
-        own = self.alloc(len(more))  # the next chunk's tokens
-        if own is not None:
-            r.update(tokens=r["tokens"] + more, kv=torch.cat([r["kv"], own]))
+        self.grow_req(r, more)  # the next chunk's tokens
 
     @precondition(lambda self: self.reqs)
     @rule(i=st.integers(0, 100))
@@ -151,11 +141,7 @@ class LRUCacheMachine(CacheMachine):
             prefix = tuple(t for blk in reversed(chain) for t in blk.tokens)
             table[prefix] = b.slots.tolist()
         assert table == {p: v[0] for p, v in self.ref.items()}
-        # free list + cached slots + request-owned slots partition 1..POOL_SIZE exactly
-        owned = self.pool.free_slots.tolist() + [s for v in self.ref.values() for s in v[0]]
-        for r in self.reqs:
-            owned += r["kv"][r["prefix_len"]:].tolist()
-        assert sorted(owned) == list(range(1, POOL_SIZE + 1))
+        self.assert_slots_partitioned(s for v in self.ref.values() for s in v[0])
         assert self.cache.total_size() == MPS * len(self.ref)
         held = self.held()
         locked = {p for p in self.ref if any(h[: len(p)] == p for h in held if len(h) >= len(p))}

@@ -4,8 +4,7 @@ and free + cached + request-owned slots always partition the pool."""
 
 from __future__ import annotations
 
-import torch
-from cache_machine import POOL_SIZE, CacheMachine, make_pool
+from cache_machine import CacheMachine, make_pool
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
@@ -82,20 +81,13 @@ class RadixCacheMachine(CacheMachine):
 
     @rule(tokens=token_seqs)
     def match_and_lock(self, tokens):
-        m = self.match(tokens)
-        self.cache.lock(m.handle)
-        self.locks.append((m.handle, tuple(tokens[: m.prefix_len])))
+        self.lock_match(self.match(tokens), tokens)
 
     @rule(tokens=token_seqs)
     def start_req(self, tokens):
         m = self.match(tokens)
         self.cache.lock(m.handle)
-        own = self.alloc(len(tokens) - m.prefix_len)
-        if own is None:
-            self.cache.unlock(m.handle)
-            return
-        self.reqs.append(dict(tokens=tokens, kv=torch.cat([m.kv_indices, own]), handle=m.handle,
-                              prefix_len=m.prefix_len))
+        self.add_req(tokens, m)
 
     @precondition(lambda self: self.reqs)
     @rule(i=st.integers(0, 100), more=token_seqs)
@@ -105,9 +97,7 @@ class RadixCacheMachine(CacheMachine):
             r["tokens"], r["kv"], r["handle"], r["prefix_len"]))
         assert m.prefix_len == len(r["tokens"]) and m.kv_indices.tolist() == self.expected_kv(r["tokens"], m.prefix_len)
         r.update(kv=m.kv_indices, handle=m.handle, prefix_len=m.prefix_len)
-        own = self.alloc(len(more))  # the next chunk's tokens
-        if own is not None:
-            r.update(tokens=r["tokens"] + more, kv=torch.cat([r["kv"], own]))
+        self.grow_req(r, more)  # the next chunk's tokens
 
     @precondition(lambda self: self.reqs)
     @rule(i=st.integers(0, 100))
@@ -123,11 +113,7 @@ class RadixCacheMachine(CacheMachine):
         assert self.tree_dict() == self.ref
         for _, prefix in self.locks:
             assert all(prefix[: i + 1] in self.ref for i in range(len(prefix)))
-        # free list + tree slots + request-owned slots partition 1..POOL_SIZE exactly
-        owned = self.pool.free_slots.tolist() + list(self.ref.values())
-        for r in self.reqs:
-            owned += r["kv"][r["prefix_len"]:].tolist()
-        assert sorted(owned) == list(range(1, POOL_SIZE + 1))
+        self.assert_slots_partitioned(self.ref.values())
         assert self.cache.total_size() == len(self.ref)
 
 
