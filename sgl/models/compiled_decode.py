@@ -31,6 +31,7 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 
+from sgl.models.gguf_blocks import dequantize_blocks
 from sgl.models.layers import apply_rotary, rms_norm, silu_and_mul
 
 
@@ -45,13 +46,7 @@ def gemv(x: torch.Tensor, weight: Union[torch.Tensor, tuple], bias: Optional[tor
     ``m`` rows into one streaming pass over the weight (no ``[n, k]``
     temporary); ``m`` must be static (it is unrolled)."""
     if isinstance(weight, tuple):
-        codes, scales, mins = weight
-        n, k = codes.shape
-        nb = scales.shape[1]
-        w = codes.view(n, nb, k // nb).to(x.dtype) * scales.unsqueeze(-1)
-        if mins is not None:
-            w = w + mins.unsqueeze(-1)
-        weight = w.view(n, k)
+        weight = dequantize_blocks(*weight, dtype=x.dtype)
     if x.shape[0] == 1:
         y = (weight * x).sum(-1).unsqueeze(0)
     else:

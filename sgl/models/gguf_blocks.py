@@ -59,17 +59,32 @@ class BlockWeight:
         return tuple(self.codes.shape)
 
     def dequantize(self) -> torch.Tensor:
-        """float32 ``[rows, cols]``, computed as gguf-py does (``d * q``, then ``+ m``)."""
-        rows, cols = self.codes.shape
-        nb = self.scales.shape[1]
-        w = self.codes.view(rows, nb, cols // nb).float() * self.scales.unsqueeze(-1)
-        if self.mins is not None:
-            w = w + self.mins.unsqueeze(-1)
-        return w.view(rows, cols)
+        """float32 ``[rows, cols]`` (see :func:`dequantize_blocks`)."""
+        return dequantize_blocks(self.codes, self.scales, self.mins)
 
     def rows(self, index: torch.Tensor) -> "BlockWeight":
         """The rows ``index`` (int64 ``[rows]``) in that order."""
         return BlockWeight(self.codes[index], self.scales[index], None if self.mins is None else self.mins[index])
+
+
+def dequantize_blocks(codes: torch.Tensor, scales: torch.Tensor, mins: Optional[torch.Tensor],
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``scales * codes + mins`` per block, computed as gguf-py does (``d * q``, then ``+ m``).
+
+    Args:
+        codes: int8 ``[rows, cols]``.
+        scales, mins: float32 ``[rows, cols // B]`` (``mins`` None for symmetric types).
+        dtype: dtype the codes are converted to before the multiply.
+
+    Returns:
+        ``[rows, cols]`` in ``dtype``.
+    """
+    rows, cols = codes.shape
+    nb = scales.shape[1]
+    w = codes.view(rows, nb, cols // nb).to(dtype) * scales.unsqueeze(-1)
+    if mins is not None:
+        w = w + mins.unsqueeze(-1)
+    return w.view(rows, cols)
 
 
 def decode_blocks(raw: np.ndarray, type_name: str, cols: int) -> Optional[BlockWeight]:

@@ -41,6 +41,15 @@ STACKED_PARAMS = (
 IGNORED_WEIGHT_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+def fused_param_name(name: str) -> Tuple[str, object]:
+    """A checkpoint name as (our parameter name, shard id): ``...q_proj.weight`` ->
+    (``...qkv_proj.weight``, ``"q"``); names outside :data:`STACKED_PARAMS` -> (name, None)."""
+    for fused, ckpt, shard in STACKED_PARAMS:
+        if f".{ckpt}." in name:
+            return name.replace(f".{ckpt}.", f".{fused}."), shard
+    return name, None
+
+
 def head_dim_of(hf_config) -> int:
     """``head_dim`` from the config, else ``hidden_size // num_attention_heads``."""
     return getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
@@ -269,12 +278,7 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.tie_word_embeddings:
                 continue
-            for fused, ckpt, shard in STACKED_PARAMS:
-                if f".{ckpt}." in name:
-                    target = name.replace(f".{ckpt}.", f".{fused}.")
-                    break
-            else:
-                target, shard = name, None
+            target, shard = fused_param_name(name)
             param = params.get(target)
             if param is None:
                 raise ValueError(f"checkpoint weight {name!r} has no matching parameter in {type(self).__name__}")
@@ -306,12 +310,7 @@ class LlamaForCausalLM(nn.Module):
         modules = dict(self.named_modules())
         shards: dict = {}
         for name, block in weights:
-            for fused, ckpt, shard in STACKED_PARAMS:
-                if f".{ckpt}." in name:
-                    name = name.replace(f".{ckpt}.", f".{fused}.")
-                    break
-            else:
-                shard = None
+            name, shard = fused_param_name(name)
             module = modules.get(name.rsplit(".", 1)[0])
             if isinstance(module, Linear):
                 shards.setdefault(module, {})[shard] = block

@@ -20,7 +20,7 @@ head_dim * itemsize`` bytes; above ``max_bytes`` the backend keeps gathering.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -51,6 +51,7 @@ class DecodeKVStaging:
         self._pool = None
         self._rows: Tuple[int, ...] = ()  # req_pool_indices of the staged batch, in order
         self._seq_lens: Tuple[int, ...] = ()
+        self._max_seq = 0
         self._capacity = 0
         self._step = 0
         self._layer_step: list = []  # step at which each layer's copy was last brought up to date
@@ -94,7 +95,7 @@ class DecodeKVStaging:
         # row of (request b, head h, position seq_len_b - 1) in a [bs * kvh * cap, d] view
         head_rows = torch.arange(bs * kvh, device=fb.seq_lens.device) * cap
         self._append_index = head_rows + (fb.seq_lens - 1).repeat_interleave(kvh)
-        self._pool, self._rows, self._seq_lens = pool, rows, seq_lens
+        self._pool, self._rows, self._seq_lens, self._max_seq = pool, rows, seq_lens, max_seq
         return True
 
     def _allocate(self, pool, bs: int, max_seq: int) -> bool:
@@ -114,22 +115,21 @@ class DecodeKVStaging:
         self._capacity = cap
         return True
 
-    def keys_values(self, layer_id: int, fb: ForwardBatch, kv_slots: torch.Tensor):
+    def keys_values(self, layer_id: int, fb: ForwardBatch, gather: Callable[[], Tuple[torch.Tensor, torch.Tensor]]):
         """K and V of layer ``layer_id``: ``[bs, num_kv_heads, max_seq, head_dim]`` views (pool dtype).
 
         Args:
-            kv_slots: int64 ``[bs, max_seq]``, each request's pool slots (read only on a rebuild).
+            gather: returns the layer's K and V gathered from the pool, ``[bs, num_kv_heads,
+                max_seq, head_dim]`` each; called only when the layer's copy is rebuilt.
         """
-        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer_id)
-        k_st, v_st = self._k[layer_id], self._v[layer_id]
-        bs, max_seq = kv_slots.shape
+        k_st, v_st, max_seq = self._k[layer_id], self._v[layer_id], self._max_seq
         if self._layer_step[layer_id] != self._step - 1:  # new batch, or the layer missed a step
-            flat = kv_slots.reshape(-1)
-            shape = (bs, max_seq, *k_buf.shape[1:])
-            k_st[:, :, :max_seq].copy_(k_buf.index_select(0, flat).view(shape).transpose(1, 2))
-            v_st[:, :, :max_seq].copy_(v_buf.index_select(0, flat).view(shape).transpose(1, 2))
+            k, v = gather()
+            k_st[:, :, :max_seq].copy_(k)
+            v_st[:, :, :max_seq].copy_(v)
             self.rebuilds += 1
         else:
+            k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer_id)
             d = k_buf.shape[-1]
             loc = fb.out_cache_loc
             k_st.view(-1, d).index_copy_(0, self._append_index, k_buf.index_select(0, loc).view(-1, d))

@@ -121,7 +121,8 @@ class TorchAttentionBackend(AttentionBackend):
     def forward_decode(self, q, layer_id, num_heads, num_kv_heads, head_dim, scaling, forward_batch):
         """q ``[bs, num_heads, head_dim]`` -> ``[bs, num_heads, head_dim]`` over each request's whole sequence."""
         if self.staging.active:
-            k, v = self.staging.keys_values(layer_id, forward_batch, self.metadata.kv_slots)
+            k, v = self.staging.keys_values(layer_id, forward_batch,
+                                            lambda: self._gather_kv(layer_id, forward_batch))
         else:
             k, v = self._gather_kv(layer_id, forward_batch)
         # the query heads sharing a KV head are that head's query rows: [bs, kvh, group, d]
