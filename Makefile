@@ -24,9 +24,11 @@ serve: install
 	$(PY) -m sgl.launch
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 bench: install

@@ -29,7 +29,8 @@ import torch
 
 from sgl.grammar import BuiltinGrammarBackend
 from sgl.grammar.examples import CHARACTER_REGEX, IPV4_REGEX
-from sgl.grammar.simulate import (TargetTextLogits, load_bundled_tokenizer, random_logits, simulate_decode)
+from sgl.grammar.simulate import TargetTextLogits, random_logits, simulate_decode
+from sgl.models.loader import load_bundled_tokenizer
 from sgl.grammar.token_index import TokenIndex
 from sgl.grammar.fsm import ByteDFA
 

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-prepack", action="store_true", help="plain F.linear instead of oneDNN-packed weights")
     ap.add_argument("--no-torch-compile", action="store_true",
-                    help="eager single-token steps (no sgl.models.compiled_decode)")
+                    help="eager single-token steps (no sgl.executor.compiled_decode)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sgl.config import CONFIG_DIR, EngineConfig
+from sgl.core.config import EngineConfig
 from sgl.engine.engine import Engine
 
 
@@ -16,7 +16,7 @@ def main(cfg: EngineConfig) -> None:
     exp = cfg.experiment
     path = Path(exp["prompts_file"])
     if not path.is_absolute():
-        path = CONFIG_DIR.parent / path
+        path = Path(__file__).resolve().parent.parent / path
     questions = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     engine = Engine(config=cfg)
     try:

@@ -5,7 +5,7 @@
 ``OpenAI`` and ``Runtime`` are the remote backends.
 """
 
-__version__ = "0.1.0"
+from sgl.core.version import __version__  # noqa: F401
 
 from sgl.lang import *  # noqa: E402,F401,F403  (cheap: no torch/transformers import)
 from sgl.lang import __all__ as _lang_all  # noqa: E402

@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from sgl.config import CONFIG_DIR, EngineConfig, to_engine_config
+from sgl.core.config import CONFIG_DIR, EngineConfig, to_engine_config
+from sgl.server.serve import serve_config
 
-EXPERIMENTS_DIR = CONFIG_DIR.parent / "experiments"
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def run_experiment(cfg: EngineConfig) -> None:
@@ -37,18 +39,6 @@ def run_experiment(cfg: EngineConfig) -> None:
     module.main(cfg)
 
 
-def serve(cfg: EngineConfig) -> None:
-    from sgl.engine.engine import Engine
-    from sgl.server.serve import serve as serve_http
-
-    engine = Engine(config=cfg)
-    try:
-        serve_http(engine, cfg.server.host, cfg.server.port, cfg.server.api_key,
-                   log_requests=cfg.server.log_requests)
-    finally:
-        engine.shutdown()
-
-
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base=None)
 def main(dcfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", force=True)
@@ -56,7 +46,7 @@ def main(dcfg: DictConfig) -> None:
     if cfg.experiment:
         run_experiment(cfg)
     else:
-        serve(cfg)
+        serve_config(cfg)
 
 
 if __name__ == "__main__":

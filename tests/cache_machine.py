@@ -15,7 +15,7 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from sgl.engine.memory_pool import TokenToKVPool
+from sgl.executor.memory_pool import TokenToKVPool
 
 POOL_SIZE = 24
 

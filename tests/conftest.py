@@ -30,7 +30,7 @@ def chat_prompts(engine):
 @pytest.fixture(scope="session")
 def tok():
     """The bundled model's tokenizer alone (for grammar tests that need no engine)."""
-    from sgl.grammar.simulate import load_bundled_tokenizer
+    from sgl.models.loader import load_bundled_tokenizer
 
     return load_bundled_tokenizer()
 

@@ -8,8 +8,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from sgl.engine.forward_batch import ForwardBatch, ForwardMode
-from sgl.engine.memory_pool import ReqToTokenPool, TokenToKVPool
+from sgl.executor.forward_batch import ForwardBatch, ForwardMode
+from sgl.executor.memory_pool import ReqToTokenPool, TokenToKVPool
 
 
 class KVBook:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from model_utils import KVBook
 
-from sgl.kernels.attention import ATTENTION_BACKENDS, make_attention_backend
+from sgl.layers.attention import ATTENTION_BACKENDS, make_attention_backend
 
 ATOL = 1e-5
 HEAD_DIM = 16

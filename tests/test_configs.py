@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sgl.config import CONFIG_DIR, GROUPS, compose_config, kwargs_to_overrides
+from sgl.core.config import CONFIG_DIR, GROUPS, compose_config, kwargs_to_overrides
 
 
 def _options(group):
@@ -23,9 +23,9 @@ def test_every_component_instantiates():
     import torch
 
     from sgl.engine.cache import make_cache_manager
-    from sgl.engine.memory_pool import TokenToKVPool
+    from sgl.executor.memory_pool import TokenToKVPool
     from sgl.engine.schedule_policy import make_schedule_policy
-    from sgl.kernels.attention import make_attention_backend
+    from sgl.layers.attention import make_attention_backend
 
     pool = TokenToKVPool(8, 1, 1, 4, torch.float32)
     for opt in _options("cache"):

@@ -9,9 +9,9 @@ import torch
 from model_utils import KVBook
 from test_attention import HEAD_DIM, naive_attention
 
-from sgl.config import AttentionConfig
-from sgl.kernels.attention import decode_staging, make_attention_backend
-from sgl.kernels.attention.decode_staging import DecodeKVStaging
+from sgl.core.config import AttentionConfig
+from sgl.layers.attention import decode_staging, make_attention_backend
+from sgl.layers.attention.decode_staging import DecodeKVStaging
 
 NUM_HEADS, NUM_KV_HEADS, LAYERS = 6, 2, 2
 

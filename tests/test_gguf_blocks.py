@@ -9,7 +9,7 @@ import pytest
 import torch
 from model_utils import KVBook, hf_logits, random_hf_model, tiny_config
 
-from sgl.kernels.attention import make_attention_backend
+from sgl.layers.attention import make_attention_backend
 from sgl.models.gguf_blocks import BlockWeight, decode_blocks, load_block_weights, save_block_weights, unpermute_index
 from sgl.models.registry import get_model_class
 
@@ -61,7 +61,7 @@ def test_model_with_block_weights_matches_hf(arch, mlp_type):
     """Every linear weight is quantized (q/k/v Q4_1, MLP ``mlp_type``, head Q4_0), the HF model
     gets the dequantized weights; our 1- and 2-token steps read the blocks (the layers' float32
     copies are zeroed to prove it) and agree."""
-    from sgl.models.layers import Linear
+    from sgl.layers.linear import Linear
 
     cfg = tiny_config(arch, hidden_size=64, intermediate_size=128)
     hf = random_hf_model(cfg)

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from sgl.grammar import BuiltinGrammarBackend
-from sgl.grammar.simulate import load_bundled_tokenizer
+from sgl.models.loader import load_bundled_tokenizer
 from sgl.grammar.vocab import TokenVocab, bytes_to_unicode, get_token_vocab
 
 

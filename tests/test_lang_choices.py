@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sgl.lang.choices import (
+from sgl.backends.choices import (
     get_choices_method,
     greedy_token_selection,
     normalized_logprob,

@@ -13,7 +13,7 @@ import pytest
 
 import sgl.lang as L
 from sgl.backends.base import Backend, Prompt
-from sgl.lang.chat_template import ChatTemplate
+from sgl.backends.chat_template import ChatTemplate
 from sgl.lang.ir import SglRoleBegin
 
 TEMPLATE = ChatTemplate(
@@ -302,7 +302,7 @@ def test_worker_threads_exit_and_finished_state_is_closed():
 
 
 def test_resolve_chat_template_argument():
-    from sgl.lang.chat_template import get_chat_template, resolve_chat_template
+    from sgl.backends.chat_template import get_chat_template, resolve_chat_template
 
     mine = get_chat_template("chatml")
     model = get_chat_template("default")

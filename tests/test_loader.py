@@ -165,7 +165,7 @@ def test_bundled_model_matches_transformers_on_chat_prompt(torch_compile):
     torch_compile the decode steps take the compiled path over the GGUF's Q4_1/Q8_0 blocks."""
     from transformers import AutoModelForCausalLM
 
-    from sgl.models.layers import Linear
+    from sgl.layers.linear import Linear
 
     lm = load_model(torch_compile=torch_compile)
     blocks = sum(m.block_weight is not None for m in lm.model.modules() if isinstance(m, Linear))

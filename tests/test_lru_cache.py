@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sgl.engine.cache import CACHE_MANAGERS, LRUCache, make_cache_manager
-from sgl.engine.memory_pool import TokenToKVPool
+from sgl.executor.memory_pool import TokenToKVPool
 
 PS = 4  # page size of the unit tests
 
@@ -336,7 +336,7 @@ def test_cache_unfinished_req_keeps_the_partial_page_with_the_request():
 
 
 def test_registry_and_config_build_lru():
-    from sgl.config import compose_config
+    from sgl.core.config import compose_config
 
     pool = make_pool()
     cache = make_cache_manager("lru", pool)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from model_utils import KVBook, hf_logits, random_hf_model, tiny_config
 
-from sgl.kernels.attention import make_attention_backend
-from sgl.models.layers import compute_inv_freq, rope_parameters
+from sgl.layers.attention import make_attention_backend
+from sgl.layers.rotary import compute_inv_freq, rope_parameters
 from sgl.models.registry import get_model_class
 
 ATOL = 1e-4
@@ -176,7 +176,7 @@ def test_rope_parameters_reads_v4_style_configs():
 
 @pytest.mark.parametrize("name", ["llama-bias-linearrope", "qwen2-tied"])
 def test_cpu_prepacked_linears_match_hf(name):
-    from sgl.models.layers import prepack_linears_cpu
+    from sgl.layers.linear import prepack_linears_cpu
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this torch build")
@@ -197,7 +197,8 @@ def test_cpu_prepacked_linears_match_hf(name):
 
 def test_gemm_post_ops_match_separate_ops():
     """Linear.forward_add and GateUpLinear.forward_silu_mul, eager and with oneDNN post-ops."""
-    from sgl.models.layers import GateUpLinear, Linear, silu_and_mul
+    from sgl.layers.activation import silu_and_mul
+    from sgl.layers.linear import GateUpLinear, Linear
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN in this torch build")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sgl.engine.cache import NoneCache, make_cache_manager
-from sgl.engine.memory_pool import TokenToKVPool
+from sgl.executor.memory_pool import TokenToKVPool
 
 
 def make_cache(size: int = 16):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sgl.engine.cache import CACHE_MANAGERS, NoneCache, RadixCache, make_cache_manager
-from sgl.engine.memory_pool import TokenToKVPool
+from sgl.executor.memory_pool import TokenToKVPool
 
 
 def make_pool(size: int = 32) -> TokenToKVPool:

@@ -15,7 +15,7 @@ from sgl.backends.engine_backend import EngineBackend
 from sgl.backends.runtime_endpoint import RuntimeEndpoint
 from sgl.lang import (assistant, function, gen, greedy_token_selection, select, set_default_backend,
                       token_length_normalized, unconditional_likelihood_normalized, user)
-from sgl.lang.ir import SglSamplingParams
+from sgl.backends.sampling_params import SglSamplingParams
 from sgl.backends.base import Prompt
 from sgl.server.serve import BackgroundServer
 

@@ -7,7 +7,7 @@ import torch
 
 import sgl
 from sgl.engine.cache.radix_cache import RadixCache
-from sgl.engine.memory_pool import TokenToKVPool
+from sgl.executor.memory_pool import TokenToKVPool
 from sgl.engine.req import Req
 from sgl.engine.sampling.sampling_params import SamplingParams
 from sgl.engine.schedule_policy import make_schedule_policy

@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from sgl.server.__main__ import to_overrides
+from sgl.core.config import argv_to_overrides as to_overrides
 from sgl.utils import find_free_port, launch_server_cmd, terminate_process, wait_for_server
 
 SLEEPER = "python -c 'import time; time.sleep(120)'"

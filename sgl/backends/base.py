@@ -33,9 +33,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from sgl.lang.chat_template import ChatTemplate, get_chat_template
-from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sgl.lang.ir import SglSamplingParams
+from sgl.backends.chat_template import ChatTemplate, get_chat_template
+from sgl.backends.choices import ChoicesDecision, ChoicesSamplingMethod
+from sgl.backends.sampling_params import SglSamplingParams
 
 
 @dataclass(frozen=True)

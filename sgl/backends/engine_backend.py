@@ -27,18 +27,16 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
-from sgl.lang.chat_template import ChatTemplate, resolve_chat_template
+from sgl.backends.chat_template import ChatTemplate, resolve_chat_template
 from sgl.backends.scoring import score_by_start, select_by_prompt_logprobs
-from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod
-from sgl.lang.hf_chat_template import chat_template_from_tokenizer
-from sgl.lang.ir import SglSamplingParams
+from sgl.backends.choices import ChoicesDecision, ChoicesSamplingMethod
+from sgl.backends.hf_chat_template import chat_template_from_tokenizer
+from sgl.backends.sampling_params import SglSamplingParams
 
 
 def _create_engine(**overrides):
-    try:
-        from sgl import Engine
-    except ImportError:
-        from sgl.engine.engine import Engine
+    from sgl.engine.engine import Engine
+
     return Engine(**overrides)
 
 

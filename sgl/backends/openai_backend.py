@@ -40,9 +40,9 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
-from sgl.lang.chat_template import ChatTemplate, get_chat_template
-from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
-from sgl.lang.ir import SglSamplingParams
+from sgl.backends.chat_template import ChatTemplate, get_chat_template
+from sgl.backends.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
+from sgl.backends.sampling_params import SglSamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -66,10 +66,9 @@ class Runtime:
         if api_key:
             tokens.append(_override_token("server.api_key", api_key))
         tokens += [_override_token(k, v) for k, v in engine_kwargs.items()]
-        from sgl.config import compose_config
-        from sgl.server.__main__ import to_overrides
+        from sgl.core.config import argv_to_overrides, compose_config
 
-        compose_config(to_overrides(tokens))  # bad options raise ValueError here, not in the child
+        compose_config(argv_to_overrides(tokens))  # bad options raise ValueError here, not in the child
         command = "python -m sgl.server " + " ".join(shlex.quote(t) for t in tokens)
         self._log = tempfile.TemporaryFile() if log_level == "error" else None
         self.process, self.port = launch_server_cmd(command, host=host, port=port, stdout=self._log,

@@ -28,10 +28,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import requests
 
 from sgl.backends.base import Backend, Prompt, prepare_sampling_params
-from sgl.lang.chat_template import ChatTemplate, get_chat_template, match_chat_template, resolve_chat_template
+from sgl.backends.chat_template import ChatTemplate, get_chat_template, match_chat_template, resolve_chat_template
 from sgl.backends.scoring import score_by_start, select_by_prompt_logprobs
-from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
-from sgl.lang.ir import SglSamplingParams
+from sgl.backends.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
+from sgl.backends.sampling_params import SglSamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class RuntimeEndpoint(Backend):
         return self._template
 
     def _model_chat_template(self) -> ChatTemplate:
-        from sgl.lang.hf_chat_template import chat_template_from_tokenizer, derive_chat_template
+        from sgl.backends.hf_chat_template import chat_template_from_tokenizer, derive_chat_template
 
         path = str(self.model_info.get("model_path", ""))
         tok_path = self.model_info.get("tokenizer_path")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Sequence
 
-from sgl.lang.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
+from sgl.backends.choices import ChoicesDecision, ChoicesSamplingMethod, normalized_logprob
 
 # score(input_ids_per_choice, logprob_start_per_choice) -> one /generate result dict per choice
 ScoreFn = Callable[[List[List[int]], List[int]], List[dict]]

@@ -17,7 +17,8 @@ from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from sgl.config import EngineConfig, compose_config, kwargs_to_overrides
+from sgl.core.config import EngineConfig, compose_config, kwargs_to_overrides
+from sgl.core.version import __version__
 from sgl.engine.io import OutputSink
 from sgl.engine.req import Req
 from sgl.engine.request_builder import RequestBuilder
@@ -77,10 +78,10 @@ class Engine:
         """Load the model and create pools, cache and scheduler (on the scheduler thread)."""
         from sgl.engine.cache import make_cache_manager
         from sgl.engine.jump_forward import JumpForward
-        from sgl.engine.model_runner import ModelRunner, profile_max_total_tokens
+        from sgl.executor.model_runner import ModelRunner, profile_max_total_tokens
         from sgl.engine.sampling.sampler import Sampler
         from sgl.engine.scheduler import Scheduler
-        from sgl.kernels.attention import make_attention_backend
+        from sgl.layers.attention import make_attention_backend
         from sgl.models.loader import load_model
 
         config = self.config
@@ -236,8 +237,6 @@ class Engine:
         """Config, version, and live scheduler/cache/pool stats (token counts)."""
         from omegaconf import OmegaConf
 
-        import sgl
-
         def snap(s):
             return {
                 "stats": s.stats.to_dict(),
@@ -251,7 +250,7 @@ class Engine:
             }
         info = self.scheduler.call(snap).result()
         info["config"] = OmegaConf.to_container(OmegaConf.structured(self.config))
-        info["version"] = getattr(sgl, "__version__", "0")
+        info["version"] = __version__
         info["model_path"] = self.model_path
         return info
 

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from typing import List
 
 from sgl.engine.req import Req
-from sgl.registry import Registry
+from sgl.core.registry import Registry
 
 SCHEDULE_POLICIES: Registry["SchedulePolicy"] = Registry("schedule policy")
 

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from sgl.config import SchedulerConfig
+from sgl.core.config import SchedulerConfig
 from sgl.engine.jump_forward import JumpForward
 from sgl.engine.output_processor import OutputProcessor
 from sgl.engine.prefill import PrefillAdder

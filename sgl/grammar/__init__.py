@@ -20,7 +20,7 @@ from sgl.grammar.builtin_backend import BuiltinGrammar, BuiltinGrammarBackend
 from sgl.grammar.dtypes import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
 from sgl.grammar.json_schema import build_regex_from_schema
 from sgl.grammar.jump_forward import jump_forward_retokenize
-from sgl.registry import Registry
+from sgl.core.registry import Registry
 
 GRAMMAR_BACKENDS: Registry = Registry("grammar backend")
 GRAMMAR_BACKENDS.register("builtin")(BuiltinGrammarBackend)

@@ -14,8 +14,6 @@ answer, under which jump-forward on and off must produce the same text).
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -171,20 +169,3 @@ def sample_match(grammar: Grammar, vocab: TokenVocab, seed: int, stop_prob: floa
         out.append(b)
         state = int(dfa.transitions[state, b])
     return None
-
-
-@functools.lru_cache(maxsize=1)
-def load_bundled_tokenizer():
-    """The bundled SmolLM2 tokenizer, from the converted-model cache when present
-    (about 1 s), else straight from the GGUF file (about 5-10 s; no conversion)."""
-    from transformers import AutoTokenizer
-
-    from sgl.models.gguf_convert import gguf_cache_dir, is_complete_cache
-    from sgl.models.loader import default_model_path
-
-    gguf = default_model_path()
-    cached = gguf_cache_dir(gguf)
-    if is_complete_cache(cached) and (cached / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
-    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
-                                         local_files_only=True)

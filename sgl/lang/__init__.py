@@ -23,8 +23,8 @@ from sgl.lang.api import (
     user_begin,
     user_end,
 )
-from sgl.lang.chat_template import ChatTemplate, get_chat_template
-from sgl.lang.choices import (
+from sgl.backends.chat_template import ChatTemplate, get_chat_template
+from sgl.backends.choices import (
     greedy_token_selection,
     token_length_normalized,
     unconditional_likelihood_normalized,

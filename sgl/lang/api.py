@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable, List, Optional, Union
 
-from sgl.lang.choices import ChoicesSamplingMethod, get_choices_method
+from sgl.backends.choices import ChoicesSamplingMethod, get_choices_method
 from sgl.lang.function import SglFunction
 from sgl.lang.global_config import get_default_backend, set_default_backend  # noqa: F401 (re-export)
 from sgl.lang.ir import (
@@ -102,7 +102,7 @@ def select(
 
     ``choices_method``: ``token_length_normalized`` (default),
     ``greedy_token_selection`` or ``unconditional_likelihood_normalized``
-    (objects from :mod:`sgl.lang.choices` or their names).
+    (objects from :mod:`sgl.backends.choices` or their names).
 
     Raises:
         ValueError: ``choices`` missing/empty or an unknown method.

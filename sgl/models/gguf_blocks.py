@@ -11,7 +11,7 @@ with int8 ``codes``, float32 ``scales``/``mins`` ``[rows, cols // B]`` and
 computes ``d * q + m`` in float32), so a matrix-vector product over the codes
 uses the same weights as one over the float32 copy while reading 1.25 bytes per
 weight instead of 4: batch-1 decode reads ~170 MB per step instead of 538 MB
-for SmolLM2-135M (see :func:`sgl.models.compiled_decode.gemv`).
+for SmolLM2-135M (see :func:`sgl.executor.compiled_decode.gemv`).
 
 Block layouts follow ggml (``ggml-common.h``; gguf-py ``quants.py``):
 

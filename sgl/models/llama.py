@@ -4,7 +4,7 @@ Layout follows transformers' ``LlamaForCausalLM`` (so HF checkpoints load by
 name) with nano-vllm/SGLang habits for serving: fused ``qkv_proj`` and
 ``gate_up_proj`` matmuls, a fused residual add + RMSNorm, one cos/sin lookup
 per step shared by all layers, and attention delegated to an
-:class:`~sgl.kernels.attention.base.AttentionBackend` that reads and writes
+:class:`~sgl.layers.attention.base.AttentionBackend` that reads and writes
 the KV pool. Tokens of all requests are flattened into one ``[n, hidden]``
 tensor, so no layer loops over requests or syncs with the host.
 """
@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Iterable, Optional, Tuple
 import torch
 from torch import nn
 
-from sgl.engine.forward_batch import ForwardBatch
-from sgl.kernels.attention.base import AttentionBackend
-from sgl.models.compiled_decode import compiled, configure_compile, gemv, post_attention, pre_attention
-from sgl.models.layers import (GateUpLinear, Linear, QKVLinear, RMSNorm, RotaryEmbedding, VocabEmbedding,
-                               apply_rotary, rope_parameters)
+from sgl.layers.attention.base import AttentionBackend
+from sgl.executor.compiled_decode import compiled, configure_compile, gemv, post_attention, pre_attention
+from sgl.layers.embedding import VocabEmbedding
+from sgl.layers.linear import GateUpLinear, Linear, QKVLinear
+from sgl.layers.norm import RMSNorm
+from sgl.layers.rotary import RotaryEmbedding, apply_rotary, rope_parameters
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the executor is a higher layer: type annotations only
+    from sgl.executor.forward_batch import ForwardBatch
     from sgl.models.gguf_blocks import BlockWeight
 
 # Steps of up to this many tokens run compiled when the linears read GGUF blocks.
@@ -140,13 +142,13 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(self.post_attention_layernorm(residual), residual=residual), None
 
     def compiled_pre_attention(self, hidden_states, residual, cos, sin):
-        """Tokens through :func:`~sgl.models.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
+        """Tokens through :func:`~sgl.executor.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
         attn, norm = self.self_attn, self.input_layernorm
         return compiled(pre_attention)(hidden_states, residual, norm.weight, norm.eps, attn.qkv_proj.gemv_weight,
                                        attn.qkv_proj.bias, cos, sin, attn.q_size, attn.kv_size, attn.head_dim)
 
     def compiled_post_attention(self, attn_out, residual):
-        """Tokens through :func:`~sgl.models.compiled_decode.post_attention` (compiled): mlp out, residual."""
+        """Tokens through :func:`~sgl.executor.compiled_decode.post_attention` (compiled): mlp out, residual."""
         o_proj, norm, mlp = self.self_attn.o_proj, self.post_attention_layernorm, self.mlp
         return compiled(post_attention)(attn_out, residual, o_proj.gemv_weight, o_proj.bias, norm.weight, norm.eps,
                                         mlp.gate_up_proj.gemv_weight, mlp.gate_up_proj.bias,
@@ -221,7 +223,7 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden_states).float()
 
     def enable_torch_compile(self) -> None:
-        """Run steps of few tokens through the compiled regions of :mod:`sgl.models.compiled_decode`
+        """Run steps of few tokens through the compiled regions of :mod:`sgl.executor.compiled_decode`
         and compile them now, so no request waits for it: single-token steps always (1.5x the
         batch-1 decode speed on CPU over float32 weights), and steps of up to
         :data:`BLOCK_MAX_ROWS` tokens when every layer reads block weights (there the loop over

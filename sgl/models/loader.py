@@ -9,9 +9,11 @@ directory (see :mod:`sgl.models.gguf_convert`) and loaded from it afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,10 +23,10 @@ from typing import Iterator, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from sgl.kernels.attention import AttentionBackend, make_attention_backend
+from sgl.layers.attention import AttentionBackend, make_attention_backend
 from sgl.models.gguf_blocks import BLOCKS_FILE, load_block_weights
-from sgl.models.gguf_convert import ensure_converted
-from sgl.models.layers import prepack_linears_cpu
+from sgl.models.gguf_convert import ensure_converted, gguf_cache_dir, is_complete_cache
+from sgl.layers.linear import prepack_linears_cpu
 from sgl.models.registry import get_model_class
 
 logger = logging.getLogger(__name__)
@@ -247,3 +249,17 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
                        model_dir=str(model_dir), context_len=int(context_len),
                        eos_token_ids=_eos_token_ids(model_dir, hf_config, tokenizer),
                        vocab_size=int(hf_config.vocab_size))
+
+
+@functools.lru_cache(maxsize=1)
+def load_bundled_tokenizer():
+    """The bundled SmolLM2 tokenizer, from the converted-model cache when present
+    (about 1 s), else straight from the GGUF file (about 5-10 s; no conversion)."""
+    from transformers import AutoTokenizer
+
+    gguf = default_model_path()
+    cached = gguf_cache_dir(gguf)
+    if is_complete_cache(cached) and (cached / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                         local_files_only=True)

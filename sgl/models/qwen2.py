@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from sgl.kernels.attention.base import AttentionBackend
+from sgl.layers.attention.base import AttentionBackend
 from sgl.models.llama import LlamaForCausalLM
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from sgl.models.llama import LlamaForCausalLM
 from sgl.models.qwen2 import Qwen2ForCausalLM
-from sgl.registry import Registry
+from sgl.core.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model architecture")
 MODELS.register("LlamaForCausalLM")(LlamaForCausalLM)

@@ -41,14 +41,14 @@ class ServerSettings:
 
     @classmethod
     def from_config(cls, config: Any) -> "ServerSettings":
-        """Build from a ServerSettings, another dataclass (``sgl.config.ServerConfig``), a mapping
+        """Build from a ServerSettings, another dataclass (``sgl.core.config.ServerConfig``), a mapping
         or an OmegaConf node; unknown keys are ignored."""
         if isinstance(config, cls):
             return config
         if config is None:
             return cls()
         if is_dataclass(config) and not isinstance(config, type):
-            config = asdict(config)  # e.g. sgl.config.ServerConfig
+            config = asdict(config)  # e.g. sgl.core.config.ServerConfig
         elif not isinstance(config, Mapping):
             try:
                 from omegaconf import OmegaConf

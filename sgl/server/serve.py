@@ -43,6 +43,19 @@ def serve(engine: Any, host: str = "127.0.0.1", port: int = 30000, api_key: str 
                 timeout_graceful_shutdown=5, timeout_keep_alive=30)
 
 
+def serve_config(cfg) -> None:
+    """Build an ``sgl.Engine`` from a composed :class:`~sgl.core.config.EngineConfig`, serve it on
+    ``cfg.server.host:port`` until SIGINT/SIGTERM, then shut the engine down (``python -m sgl.launch``
+    and ``python -m sgl.server``)."""
+    from sgl.engine.engine import Engine
+
+    engine = Engine(config=cfg)
+    try:
+        serve(engine, cfg.server.host, cfg.server.port, cfg.server.api_key, log_requests=cfg.server.log_requests)
+    finally:
+        engine.shutdown()
+
+
 class BackgroundServer:
     """Serve an engine from a daemon thread of this process (tests, notebooks).
 

@@ -12,7 +12,7 @@ from sgl.engine.cache.base import CacheManager, MatchResult
 from sgl.engine.cache.lru_cache import LRUCache
 from sgl.engine.cache.none_cache import NoneCache
 from sgl.engine.cache.radix_cache import RadixCache
-from sgl.registry import Registry
+from sgl.core.registry import Registry
 
 CACHE_MANAGERS: Registry[CacheManager] = Registry("cache manager")
 CACHE_MANAGERS.register("radix")(RadixCache)

@@ -1,6 +1,6 @@
 """The CacheManager interface: prefix reuse of KV slots across requests.
 
-A cache manager owns KV slots of a :class:`~sgl.engine.memory_pool.TokenToKVPool`
+A cache manager owns KV slots of a :class:`~sgl.executor.memory_pool.TokenToKVPool`
 keyed by the token sequence that produced them, so a new request whose prompt
 starts with a cached prefix can skip recomputing it (SGLang's RadixAttention,
 Zheng et al. 2023, "SGLang: Efficient Execution of Structured Language Model

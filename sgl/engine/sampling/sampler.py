@@ -28,7 +28,7 @@ import torch
 
 from sgl.engine.sampling.penalties import PenaltyState, apply_logit_bias, apply_penalties
 from sgl.engine.sampling.sampling_params import SamplingParams
-from sgl.registry import Registry
+from sgl.core.registry import Registry
 
 SAMPLERS: Registry["Sampler"] = Registry("sampler")
 

@@ -10,10 +10,12 @@ causally. The result is identical for EXTEND and DECODE up to float error.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 
-from sgl.engine.forward_batch import ForwardBatch
+if TYPE_CHECKING:  # the executor is a higher layer: type annotations only
+    from sgl.executor.forward_batch import ForwardBatch
 
 
 class AttentionBackend(ABC):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from sgl.lang.chat_template import ChatTemplate, get_chat_template, match_chat_template
+from sgl.backends.chat_template import ChatTemplate, get_chat_template, match_chat_template
 
 logger = logging.getLogger(__name__)
 

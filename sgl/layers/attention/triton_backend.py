@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import triton
 
-from sgl.engine.forward_batch import ForwardBatch
-from sgl.kernels.attention.base import AttentionBackend
+from sgl.layers.attention.base import AttentionBackend
 from sgl.kernels.triton_decode_attention import decode_attention_fwd
 from sgl.kernels.triton_extend_attention import extend_attention_fwd
+
+if TYPE_CHECKING:  # the executor is a higher layer: type annotations only
+    from sgl.executor.forward_batch import ForwardBatch
 
 
 def kernels_interpreted() -> bool:

@@ -9,8 +9,8 @@ from typing import List, Sequence
 
 import torch
 
-from sgl.engine.forward_batch import ForwardBatch, ForwardMode
-from sgl.engine.memory_pool import ReqToTokenPool, TokenToKVPool
+from sgl.executor.forward_batch import ForwardBatch, ForwardMode
+from sgl.executor.memory_pool import ReqToTokenPool, TokenToKVPool
 from sgl.engine.req import Req
 
 logger = logging.getLogger("sgl")

@@ -20,11 +20,13 @@ head_dim * itemsize`` bytes; above ``max_bytes`` the backend keeps gathering.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import torch
 
-from sgl.engine.forward_batch import ForwardBatch
+if TYPE_CHECKING:  # the executor is a higher layer: type annotations only
+    from sgl.executor.forward_batch import ForwardBatch
+
 
 # Rows added to a rebuilt buffer beyond the longest sequence, so that many
 # decode steps append before the next rebuild (a multiple of this, in tokens).

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sgl.engine.memory_pool import ReqToTokenPool, TokenToKVPool
+    from sgl.executor.memory_pool import ReqToTokenPool, TokenToKVPool
 
 
 class ForwardMode(enum.Enum):

@@ -5,7 +5,7 @@ message content (``role_prefix_and_suffix``), a default system prompt that is
 inserted when a conversation does not start with one, and stop strings added
 to every ``gen`` (e.g. ``<|im_end|>``).  Named templates follow SGLang's
 ``python/sglang/lang/chat_template.py``; a model's own Jinja template is
-converted by :func:`sgl.lang.hf_chat_template.chat_template_from_tokenizer`.
+converted by :func:`sgl.backends.hf_chat_template.chat_template_from_tokenizer`.
 """
 
 from __future__ import annotations

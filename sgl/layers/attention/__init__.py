@@ -7,21 +7,21 @@
 
 from __future__ import annotations
 
-from sgl.kernels.attention.base import AttentionBackend
-from sgl.registry import Registry
+from sgl.layers.attention.base import AttentionBackend
+from sgl.core.registry import Registry
 
 ATTENTION_BACKENDS: Registry[AttentionBackend] = Registry("attention backend")
 
 
 @ATTENTION_BACKENDS.register("torch")
 def _make_torch(**kw) -> AttentionBackend:
-    from sgl.kernels.attention.torch_backend import TorchAttentionBackend
+    from sgl.layers.attention.torch_backend import TorchAttentionBackend
     return TorchAttentionBackend(**kw)
 
 
 @ATTENTION_BACKENDS.register("triton")
 def _make_triton(**kw) -> AttentionBackend:
-    from sgl.kernels.attention.triton_backend import TritonAttentionBackend
+    from sgl.layers.attention.triton_backend import TritonAttentionBackend
     return TritonAttentionBackend(**kw)
 
 

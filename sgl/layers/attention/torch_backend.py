@@ -21,14 +21,16 @@ and longest sequence, so a batch mixing one long and many short requests does
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 
-from sgl.engine.forward_batch import ForwardBatch
-from sgl.kernels.attention.base import AttentionBackend
-from sgl.kernels.attention.decode_staging import DecodeKVStaging
+from sgl.layers.attention.base import AttentionBackend
+from sgl.layers.attention.decode_staging import DecodeKVStaging
+
+if TYPE_CHECKING:  # the executor is a higher layer: type annotations only
+    from sgl.executor.forward_batch import ForwardBatch
 
 # Memory the decode K/V staging copy may take (MiB); see decode_staging.py.
 DEFAULT_DECODE_STAGING_MB = 512

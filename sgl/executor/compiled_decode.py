@@ -32,7 +32,9 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 
 from sgl.models.gguf_blocks import dequantize_blocks
-from sgl.models.layers import apply_rotary, rms_norm, silu_and_mul
+from sgl.layers.activation import silu_and_mul
+from sgl.layers.norm import rms_norm
+from sgl.layers.rotary import apply_rotary
 
 
 def gemv(x: torch.Tensor, weight: Union[torch.Tensor, tuple], bias: Optional[torch.Tensor] = None

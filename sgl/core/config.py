@@ -218,3 +218,27 @@ def compose_config(overrides: Optional[List[str]] = None) -> EngineConfig:
             raise
         raise ValueError(f"invalid config override(s) {overrides}: {e}") from e
     return to_engine_config(cfg)
+
+
+def argv_to_overrides(argv: List[str]) -> List[str]:
+    """Hydra overrides for command-line tokens, as ``python -m sgl.server`` takes them: each token is
+    either a Hydra override (``cache=none``, ``scheduler.max_total_tokens=4096``, ``+experiment=x``)
+    or an ``sgl.Engine`` keyword with a bare field name (``max_total_tokens=4096``), whose value is
+    parsed as YAML.
+
+    Raises:
+        ValueError: a token that is not ``key=value``, or an unknown bare field name.
+    """
+    import yaml
+
+    out: List[str] = []
+    for token in argv:
+        key, sep, raw = token.partition("=")
+        bare = key.lstrip("+~")
+        if not sep or not bare:
+            raise ValueError(f"expected key=value, got {token!r}")
+        if "." in bare or bare in GROUPS or bare == "experiment" or key != bare:
+            out.append(token)
+        else:
+            out.extend(kwargs_to_overrides({bare: yaml.safe_load(raw) if raw else ""}))
+    return out
