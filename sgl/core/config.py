@@ -1,21 +1,26 @@
 """Structured configs (validated by OmegaConf against these dataclasses) and
 Hydra composition.
 
-The YAML groups under ``configs/`` (model, cache, scheduler, attention,
-sampler, grammar, server, experiment) fill these dataclasses; ``compose_config``
-builds an ``EngineConfig`` from Hydra overrides such as ``["cache=none",
-"scheduler.chunked_prefill_size=64"]``.
+The dataclasses are stored in Hydra's ConfigStore (:func:`register_configs`);
+each option of the YAML groups under ``configs/`` (model, cache, scheduler,
+attention, sampler, grammar, server) extends its group's dataclass and sets
+only what differs from its defaults (``experiment`` options are free-form).
+``compose_config`` builds an ``EngineConfig`` from Hydra overrides such as
+``["cache=none", "scheduler.chunked_prefill_size=64"]``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+#: ``model.name`` of the bundled SmolLM2-135M-Instruct, the one model that needs no ``model.path``.
+BUNDLED_MODEL = "smollm2_135m"
 
 
 @dataclass
@@ -26,14 +31,18 @@ class ModelConfig:
     (sgl/models/compiled_decode.py; needs a C++ compiler, else the eager model is used with a warning);
     gguf_block_gemv: with enable_torch_compile, single-token matmuls of a GGUF model read its own quantized
     blocks (Q4_0/Q4_1/Q8_0: the same weights in ~3x fewer bytes; sgl/models/gguf_blocks.py)."""
-    name: str = "smollm2_135m"
+    name: str = BUNDLED_MODEL
     path: Optional[str] = None
     dtype: str = "float32"
     device: str = "cpu"
     context_length: Optional[int] = None
-    chat_template: Optional[str] = None
     enable_torch_compile: bool = True
     gguf_block_gemv: bool = True
+
+    def __post_init__(self):
+        if self.path is None and self.name != BUNDLED_MODEL:
+            raise ValueError(f"model.path must be set for model={self.name} (only the bundled "
+                             f"{BUNDLED_MODEL} loads without one)")
 
 
 @dataclass
@@ -105,7 +114,8 @@ class AttentionConfig:
 
 @dataclass
 class SamplerConfig:
-    """seed: global RNG seed for unseeded requests (None = nondeterministic)."""
+    """name: Sampler implementation (the ``SAMPLERS`` registry, sgl/engine/sampling/sampler.py);
+    seed: global RNG seed for unseeded requests (None = nondeterministic)."""
     name: str = "default"
     seed: Optional[int] = None
 
@@ -119,11 +129,47 @@ class GrammarConfig:
 
 @dataclass
 class ServerConfig:
-    """host/port of the HTTP server; api_key: Bearer token checked on every route but /health."""
+    """The HTTP layer (``python -m sgl.launch``, ``sgl.server.app.create_app``, ``sgl.server.serve.serve``).
+
+    host: interface to bind (loopback unless told otherwise); port: TCP port;
+    api_key: when set, every route except ``/health`` needs ``Authorization: Bearer <api_key>``;
+    served_model_name: model id reported by ``/v1/models`` and in responses (None = the engine's model path);
+    log_requests: write one access-log line per request.
+    """
     host: str = "127.0.0.1"
     port: int = 30000
     api_key: Optional[str] = None
+    served_model_name: Optional[str] = None
     log_requests: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any = None) -> "ServerConfig":
+        """A ServerConfig as is; None as the defaults; a mapping or an OmegaConf node of its fields.
+
+        Raises:
+            ValueError: a field this dataclass does not have, or a value of the wrong type.
+        """
+        if isinstance(config, cls):
+            return config
+        if config is None:
+            return cls()
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        if not isinstance(config, Mapping):
+            raise ValueError(f"server config: expected a ServerConfig or a mapping, got {type(config).__name__}")
+        unknown = sorted(set(config) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown server option(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        try:
+            return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), dict(config)))
+        except Exception as e:  # omegaconf ValidationError
+            raise ValueError(f"invalid server config: {e}") from e
+
+    def public_dict(self) -> Dict[str, Any]:
+        """The fields with the API key redacted."""
+        out = asdict(self)
+        out["api_key"] = "***" if self.api_key else None
+        return out
 
 
 @dataclass
@@ -138,7 +184,28 @@ class EngineConfig:
     experiment: Optional[Dict[str, Any]] = None
 
 
-GROUPS = ("model", "cache", "scheduler", "attention", "sampler", "grammar", "server")
+#: The config groups and the structured config (schema and defaults) their options extend.
+SCHEMAS: Dict[str, type] = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig,
+                            "attention": AttentionConfig, "sampler": SamplerConfig, "grammar": GrammarConfig,
+                            "server": ServerConfig}
+GROUPS = tuple(SCHEMAS)
+
+
+def register_configs() -> None:
+    """Store the dataclasses in Hydra's ConfigStore as base configs: ``engine_schema`` (EngineConfig, the
+    root that ``configs/config.yaml`` extends) and ``<group>_schema`` for each group. An option YAML
+    extends its group's schema (``defaults: [/cache_schema@_here_, _self_]``) and holds only the values
+    that differ from the dataclass defaults. They are stored outside the groups, so ``--help`` lists
+    only the YAML options. Runs on import; storing again replaces the same nodes."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="engine_schema", node=EngineConfig)
+    for group, schema in SCHEMAS.items():
+        cs.store(name=f"{group}_schema", node=schema)
+
+
+register_configs()
 
 
 def to_engine_config(cfg: DictConfig | EngineConfig) -> EngineConfig:

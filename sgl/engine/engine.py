@@ -79,7 +79,7 @@ class Engine:
         from sgl.engine.cache import make_cache_manager
         from sgl.engine.jump_forward import JumpForward
         from sgl.executor.model_runner import ModelRunner, profile_max_total_tokens
-        from sgl.engine.sampling.sampler import Sampler
+        from sgl.engine.sampling.sampler import SAMPLERS
         from sgl.engine.scheduler import Scheduler
         from sgl.layers.attention import make_attention_backend
         from sgl.models.loader import load_model
@@ -89,6 +89,10 @@ class Engine:
         dtype = getattr(torch, mc.dtype)
         if config.sampler.seed is not None:
             torch.manual_seed(config.sampler.seed)
+        try:  # before the model loads, so a wrong name fails at once
+            sampler = SAMPLERS.get(config.sampler.name)()
+        except ValueError as e:
+            raise ValueError(f"sampler.name: {e}") from None
         self.attn_backend = make_attention_backend(config.attention.backend, **config.attention.backend_kwargs())
         loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend,
                             torch_compile=mc.enable_torch_compile, gguf_block_gemv=mc.gguf_block_gemv)
@@ -107,7 +111,7 @@ class Engine:
         self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool, **cache_kw)
         self.builder = RequestBuilder(self)
         self.jump_forward = JumpForward(self.tokenizer, config.grammar.jump_forward)
-        self.scheduler = Scheduler(sc, self.runner, self.cache, Sampler(), self.tokenizer, self.eos_token_ids,
+        self.scheduler = Scheduler(sc, self.runner, self.cache, sampler, self.tokenizer, self.eos_token_ids,
                                    self.builder.new_detokenizer, self.jump_forward)
         logger.info("Engine ready: %s, context %d tokens, KV pool %d tokens, cache=%s, policy=%s, attention=%s, "
                     "torch_compile=%s", self.model_path, self.context_len, max_total, config.cache.name, sc.policy,

@@ -111,7 +111,7 @@ async def get_server_info(request: Request) -> Response:
     """Engine config, version, cache and pool stats, plus this server's settings (key redacted)."""
     state = _state(request)
     info = _redact(dict(await run_in_threadpool(state.engine.get_server_info)))
-    info["server"] = state.server_settings.public_dict()
+    info["server"] = state.server_config.public_dict()
     info["num_inflight_http_requests"] = len(state.generation.inflight)
     return SafeJSONResponse(info)
 

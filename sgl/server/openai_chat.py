@@ -99,7 +99,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Resp
     state = request.app.state
     service = state.generation
     ids, images = render_chat_prompt(state.engine, req)
-    model = state.server_settings.served_model_name or req.model
+    model = state.server_config.served_model_name or req.model
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     all_kwargs = [_engine_kwargs(req, ids, images, i) for i in range(req.n)]

@@ -41,7 +41,7 @@ def _prompts(req: CompletionRequest) -> tuple[str, list]:
 async def list_models(request: Request) -> Response:
     """The one served model, OpenAI ``list`` format (plus ``max_model_len``)."""
     state = request.app.state
-    name = state.server_settings.served_model_name
+    name = state.server_config.served_model_name
     return SafeJSONResponse({"object": "list", "data": [{
         "id": name, "object": "model", "created": state.started_at, "owned_by": "sgl", "root": name,
         "max_model_len": int(state.engine.context_len)}]})
@@ -53,7 +53,7 @@ async def completions(req: CompletionRequest, request: Request) -> Response:
     state = request.app.state
     service = state.generation
     kind, prompts = _prompts(req)
-    model = state.server_settings.served_model_name or req.model
+    model = state.server_config.served_model_name or req.model
     rid = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     want_lp = req.logprobs is not None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import uvicorn
 
-from sgl.server.app import ServerSettings, create_app
+from sgl.core.config import ServerConfig
+from sgl.server.app import create_app
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +33,17 @@ def serve(engine: Any, host: str = "127.0.0.1", port: int = 30000, api_key: str 
         host: interface to bind (loopback by default; ``0.0.0.0`` to expose).
         port: TCP port.
         api_key: optional Bearer token required on every route except ``/health``.
-        **settings: other :class:`~sgl.server.app.ServerSettings` fields
+        **settings: other :class:`~sgl.core.config.ServerConfig` fields
             (``served_model_name``, ``log_requests``).
+
+    Raises:
+        ValueError: a keyword that is not a ServerConfig field.
     """
     setup_logging()
-    config = ServerSettings.from_config({**settings, "host": host, "port": int(port), "api_key": api_key})
+    config = ServerConfig.from_config({**settings, "host": host, "port": int(port), "api_key": api_key})
     app = create_app(engine, config)
-    logger.info("Serving %s on http://%s:%d (api_key %s)", config.served_model_name, host, int(port),
-                "required" if api_key else "off")
+    logger.info("Serving %s on http://%s:%d (api_key %s)", app.state.server_config.served_model_name, host,
+                int(port), "required" if api_key else "off")
     uvicorn.run(app, host=host, port=int(port), log_level="info", access_log=False,
                 timeout_graceful_shutdown=5, timeout_keep_alive=30)
 
@@ -51,7 +56,7 @@ def serve_config(cfg) -> None:
 
     engine = Engine(config=cfg)
     try:
-        serve(engine, cfg.server.host, cfg.server.port, cfg.server.api_key, log_requests=cfg.server.log_requests)
+        serve(engine, **dataclasses.asdict(cfg.server))
     finally:
         engine.shutdown()
 
@@ -68,7 +73,7 @@ class BackgroundServer:
         host: interface to bind.
         port: TCP port; None picks a free one.
         api_key: optional Bearer token (see :func:`serve`).
-        **settings: other ServerSettings fields.
+        **settings: other :class:`~sgl.core.config.ServerConfig` fields.
     """
 
     def __init__(self, engine: Any, host: str = "127.0.0.1", port: int | None = None,
@@ -79,7 +84,7 @@ class BackgroundServer:
 
         self.host = host
         self.port = int(port) if port else find_free_port(host)
-        config = ServerSettings.from_config({**settings, "host": host, "port": self.port, "api_key": api_key})
+        config = ServerConfig.from_config({**settings, "host": host, "port": self.port, "api_key": api_key})
         self.app = create_app(engine, config)
         self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=self.port, log_level="warning",
                                                      access_log=False, timeout_graceful_shutdown=2))
