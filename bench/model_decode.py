@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sgl.executor.compiled_decode import CompiledDecode  # noqa: E402
 from sgl.models.loader import load_model  # noqa: E402
 from tests.model_utils import KVBook  # noqa: E402
 
 
-def run(lm, batch: int, steps: int):
-    """Returns (wall tokens/s, CPU-time tokens/s) of ``steps`` decode steps over ``batch`` requests.
+def run(lm, model, batch: int, steps: int):
+    """Returns (wall tokens/s, CPU-time tokens/s) of ``steps`` decode steps over ``batch`` requests
+    (``model``: ``lm.model`` or its CompiledDecode wrapper).
 
     CPU-time tokens/s divides by this process's CPU seconds; with one thread on a
     shared machine it estimates the speed the step would have on an idle core."""
@@ -37,14 +39,14 @@ def run(lm, batch: int, steps: int):
     prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
     rows = [book.new_request() for _ in prompts]
     with torch.inference_mode():
-        h = lm.model(book.extend(rows, prompts))
+        h = model(book.extend(rows, prompts))
         last = torch.cumsum(torch.tensor([len(p) for p in prompts]), 0) - 1
-        next_ids = lm.model.compute_logits(h[last]).argmax(-1).tolist()
+        next_ids = model.compute_logits(h[last]).argmax(-1).tolist()
         for _ in range(3):  # warm-up steps (not timed)
-            next_ids = lm.model.compute_logits(lm.model(book.decode(rows, next_ids))).argmax(-1).tolist()
+            next_ids = model.compute_logits(model(book.decode(rows, next_ids))).argmax(-1).tolist()
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
-            next_ids = lm.model.compute_logits(lm.model(book.decode(rows, next_ids))).argmax(-1).tolist()
+            next_ids = model.compute_logits(model(book.decode(rows, next_ids))).argmax(-1).tolist()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
     return batch * steps / dt, batch * steps / dc
 
@@ -62,11 +64,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    lm = load_model(args.model, cpu_prepack=not args.no_prepack, torch_compile=not args.no_torch_compile)
+    lm = load_model(args.model, cpu_prepack=not args.no_prepack, gguf_block_gemv=not args.no_torch_compile)
+    model = lm.model
+    if not args.no_torch_compile:
+        model = CompiledDecode(lm.model)
+        model.compile()
     print(f"load_model: {time.perf_counter() - t0:.2f} s ({lm.model_dir}); threads={torch.get_num_threads()}, "
-          f"prepack={not args.no_prepack}, torch_compile={lm.model.torch_compiled}")
+          f"prepack={not args.no_prepack}, torch_compile={not args.no_torch_compile}")
     for bs in args.batch:
-        wall, cpu = run(lm, bs, args.steps)
+        wall, cpu = run(lm, model, bs, args.steps)
         print(f"batch {bs}: {wall:.1f} tokens/s wall, {cpu:.1f} tokens per CPU-second")
 
 

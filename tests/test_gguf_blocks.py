@@ -9,8 +9,10 @@ import pytest
 import torch
 from model_utils import KVBook, hf_logits, random_hf_model, tiny_config
 
+from sgl.executor.compiled_decode import CompiledDecode
 from sgl.layers.attention import make_attention_backend
 from sgl.models.gguf_blocks import BlockWeight, decode_blocks, load_block_weights, save_block_weights, unpermute_index
+from sgl.models.loader import attach_block_weights
 from sgl.models.registry import get_model_class
 
 gguf = pytest.importorskip("gguf")
@@ -73,13 +75,14 @@ def test_model_with_block_weights_matches_hf(arch, mlp_type):
             blocks[name] = decode_blocks(quantize(w, kind), kind, w.shape[1])
             state[name] = blocks[name].dequantize()
     hf.load_state_dict(state)
-    ours = get_model_class(cfg.architectures)(cfg, make_attention_backend("torch")).eval()
-    ours.load_weights(state.items())
-    assert ours.load_block_weights(blocks.items()) == 2 * 4 + 1
-    assert ours.model.layers[0].self_attn.qkv_proj.block_weight[0].shape == (128, 64)
-    ours.enable_torch_compile()
-    assert all(layer.compiled_max_rows == 2 for layer in ours.model.layers)
-    for module in ours.model.modules():  # the layers' float32 copies (the head keeps its own: 2 rows are eager)
+    model = get_model_class(cfg.architectures)(cfg, make_attention_backend("torch")).eval()
+    model.load_weights(state.items())
+    assert attach_block_weights(model, blocks.items()) == 2 * 4 + 1
+    assert model.model.layers[0].self_attn.qkv_proj.block_weight[0].shape == (128, 64)
+    ours = CompiledDecode(model)
+    ours.compile()
+    assert ours.max_rows == 2
+    for module in model.model.modules():  # the layers' float32 copies (the head keeps its own: 2 rows are eager)
         if isinstance(module, Linear):
             module.weight.data.zero_()
     book = KVBook(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
@@ -103,6 +106,6 @@ def test_mismatched_shards_keep_float32():
     q = BlockWeight(torch.zeros(64, 64, dtype=torch.int8), torch.ones(64, 2))
     k16 = BlockWeight(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32, 4))  # 16-wide blocks
     layer = ours.model.layers[0].self_attn.qkv_proj
-    assert ours.load_block_weights([("model.layers.0.self_attn.q_proj.weight", q)]) == 0  # k, v missing
+    assert attach_block_weights(ours, [("model.layers.0.self_attn.q_proj.weight", q)]) == 0  # k, v missing
     assert not layer.set_block_weight({"q": q, "k": k16, "v": k16})
     assert layer.block_weight is None and layer.gemv_weight is layer.weight

@@ -165,11 +165,17 @@ def test_bundled_model_matches_transformers_on_chat_prompt(torch_compile):
     torch_compile the decode steps take the compiled path over the GGUF's Q4_1/Q8_0 blocks."""
     from transformers import AutoModelForCausalLM
 
+    from sgl.executor.compiled_decode import CompiledDecode
     from sgl.layers.linear import Linear
 
-    lm = load_model(torch_compile=torch_compile)
+    lm = load_model(gguf_block_gemv=torch_compile)
     blocks = sum(m.block_weight is not None for m in lm.model.modules() if isinstance(m, Linear))
-    assert lm.model.torch_compiled == torch_compile and blocks == (30 * 4 + 1 if torch_compile else 0)
+    assert blocks == (30 * 4 + 1 if torch_compile else 0)
+    model = lm.model
+    if torch_compile:
+        model = CompiledDecode(lm.model)
+        model.compile()
+        assert model.max_rows == 2
     ids = lm.tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            add_generation_prompt=True, tokenize=False)
     ids = lm.tokenizer(ids, add_special_tokens=False)["input_ids"]
@@ -179,26 +185,32 @@ def test_bundled_model_matches_transformers_on_chat_prompt(torch_compile):
     row = book.new_request()
     seq = list(ids)
     with torch.no_grad():
-        ours = lm.model.compute_logits(lm.model(book.extend([row], [seq]))[-1:])
+        ours = model.compute_logits(model(book.extend([row], [seq]))[-1:])
         for step in range(3):  # greedy prefill + decode, compared at each step
             ref = hf(torch.tensor([seq])).logits[0, -1:].float()
             torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
             nxt = int(ours.argmax())
             assert nxt == int(ref.argmax())
             seq.append(nxt)
-            ours = lm.model.compute_logits(lm.model(book.decode([row], [nxt])))
+            ours = model.compute_logits(model(book.decode([row], [nxt])))
     assert lm.tokenizer.decode(seq[len(ids):]).strip().startswith("The")
 
 
-def test_failed_torch_compile_serves_eager_with_a_warning(hf_dir, monkeypatch, caplog):
-    from sgl.models.llama import LlamaForCausalLM
+def test_runner_serves_eager_when_layers_are_not_standard(hf_dir, caplog):
+    """A layer with a submodule the compiled regions do not reproduce (a Qwen3-style q-norm)
+    keeps the runner eager, with a warning, instead of silently skipping it."""
+    from sgl.executor.compiled_decode import CompiledDecode
+    from sgl.executor.model_runner import ModelRunner
+    from sgl.layers.norm import RMSNorm
 
-    def broken(self):
-        raise RuntimeError("torch.compile of the single-token path failed: no C++ compiler")
-
-    monkeypatch.setattr(LlamaForCausalLM, "enable_torch_compile", broken)
     path, hf = hf_dir
-    with caplog.at_level("WARNING", logger="sgl.models.loader"):
-        lm = load_model(str(path), torch_compile=True)
-    assert not lm.model.torch_compiled
-    assert "no C++ compiler; serving with the eager model" in caplog.text
+    lm = load_model(str(path))
+    assert CompiledDecode.supports(lm.model)
+    lm.model.model.layers[1].self_attn.q_norm = RMSNorm(8)
+    assert not CompiledDecode.supports(lm.model)
+    with pytest.raises(ValueError, match="standard decoder layers"):
+        CompiledDecode(lm.model)
+    with caplog.at_level("WARNING", logger="sgl"):
+        runner = ModelRunner(lm.model, lm.hf_config, 64, 2, 32, torch.float32, "cpu", torch_compile=True)
+    assert not runner.torch_compiled
+    assert "has no standard decoder layers for the compiled decode path; serving eager" in caplog.text

@@ -7,10 +7,12 @@ test_lru_cache_properties.py. The last test runs the real engine with ``cache=lr
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from sgl.engine.cache import CACHE_MANAGERS, LRUCache, make_cache_manager
+from sgl.engine.cache import CACHE_MANAGERS, EMPTY_HANDLE, CacheHandle, LRUCache, LRUHandle, make_cache_manager
 from sgl.executor.memory_pool import TokenToKVPool
 
 PS = 4  # page size of the unit tests
@@ -45,7 +47,7 @@ def rng(a: int, b: int) -> list:
 def test_match_on_empty_cache_is_empty():
     pool, cache = make_cache()
     m = cache.match_prefix([1, 2, 3, 4, 5])
-    assert m.prefix_len == 0 and m.handle == ()
+    assert m.prefix_len == 0 and m.handle is EMPTY_HANDLE
     assert m.kv_indices.dtype == torch.int64 and m.kv_indices.shape == (0,)
 
 
@@ -62,7 +64,7 @@ def test_partial_pages_are_freed_and_never_match():
     assert ids(cache.match_prefix(tokens[:8] + [7, 7, 7, 7]).kv_indices) == rng(1, 9)
     assert cache.match_prefix(tokens[:5] + [0, 0, 0]).prefix_len == 4
     m = cache.match_prefix(torch.tensor(tokens))
-    assert m.prefix_len == 8 and len(m.handle) == 2
+    assert m.prefix_len == 8 and len(m.handle.blocks) == 2
     cache.check_integrity()
 
 
@@ -148,28 +150,52 @@ def test_lock_counts_blocks_and_sizes():
     pool, cache = make_cache()
     put(cache, pool, rng(0, 8))  # blocks A0 (0..3), A1 (4..7)
     put(cache, pool, rng(0, 4) + rng(50, 54))  # block D1 after A0
-    a = cache.match_prefix(rng(0, 8)).handle
-    d = cache.match_prefix(rng(0, 4) + rng(50, 54)).handle
+    ha = cache.match_prefix(rng(0, 8)).handle
+    hd = cache.match_prefix(rng(0, 4) + rng(50, 54)).handle
+    a, d = ha.blocks, hd.blocks
     assert a[0] is d[0] and len(a) == len(d) == 2
-    cache.lock(a)
+    cache.lock(ha)
     assert [b.ref_count for b in a + d[1:]] == [1, 1, 0]
     assert (cache.protected_size(), cache.evictable_size()) == (8, 4)
-    cache.lock(d)
-    cache.lock(d)
+    cache.lock(hd)
+    cache.lock(hd)
     assert [b.ref_count for b in a + d[1:]] == [3, 1, 2]
     assert (cache.protected_size(), cache.evictable_size()) == (12, 0)
     cache.check_integrity(idle=False)
     with pytest.raises(AssertionError, match="locked while idle"):
         cache.check_integrity()
-    cache.unlock(a)
-    cache.unlock(d)
-    cache.unlock(d)
+    cache.unlock(ha)
+    cache.unlock(hd)
+    cache.unlock(hd)
     assert [b.ref_count for b in a + d[1:]] == [0, 0, 0]
     assert (cache.protected_size(), cache.evictable_size()) == (0, 12)
     with pytest.raises(RuntimeError, match="unlocked"):
-        cache.unlock(a)
-    cache.lock(())  # the empty match's handle: no-ops
-    cache.unlock(())
+        cache.unlock(ha)
+    cache.lock(EMPTY_HANDLE)  # the empty match's handle: no-ops
+    cache.unlock(EMPTY_HANDLE)
+    cache.check_integrity()
+
+
+def test_matches_ending_at_the_same_block_share_one_handle():
+    pool, cache = make_cache()
+    put(cache, pool, rng(0, 8))
+    put(cache, pool, rng(0, 4) + rng(50, 54))
+    h = cache.match_prefix(rng(0, 8)).handle
+    assert isinstance(h, LRUHandle) and isinstance(h, CacheHandle)
+    assert cache.match_prefix(rng(0, 10)).handle is h  # the trailing partial page does not matter
+    assert {h: 1}[cache.match_prefix(rng(0, 8) + [1, 1, 1, 1]).handle] == 1
+    d = cache.match_prefix(rng(0, 4) + rng(50, 54)).handle
+    assert d != h and d.blocks[0] is h.blocks[0]
+    short = cache.match_prefix(rng(0, 4) + [9, 9, 9, 9]).handle
+    assert short is h.blocks[0].handle and short.blocks == h.blocks[:1]
+    assert cache.match_prefix([9, 9, 9, 9]).handle is EMPTY_HANDLE and cache.match_prefix([]).handle is EMPTY_HANDLE
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.block = d.block
+    assert cache.evict(100) == 12
+    put(cache, pool, rng(0, 8))
+    assert cache.match_prefix(rng(0, 8)).handle != h  # new blocks, new handle; the stale one is refused
+    with pytest.raises(RuntimeError, match="evicted"):
+        cache.lock(h)
     cache.check_integrity()
 
 
@@ -249,8 +275,8 @@ def test_check_integrity_detects_corruption():
     pool, cache = make_cache(32)
     put(cache, pool, rng(0, 8))
     put(cache, pool, [9, 9, 9, 9])
-    first, second = cache.match_prefix(rng(0, 8)).handle
-    other = cache.match_prefix([9, 9, 9, 9]).handle[0]
+    first, second = cache.match_prefix(rng(0, 8)).handle.blocks
+    (other,) = cache.match_prefix([9, 9, 9, 9]).handle.blocks
     cache.evictable_size_ += 1
     with pytest.raises(AssertionError, match="evictable_size_"):
         cache.check_integrity()

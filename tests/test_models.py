@@ -220,16 +220,18 @@ def test_gemm_post_ops_match_separate_ops():
 
 @pytest.mark.parametrize("name", ["llama-bias-linearrope", "qwen2-tied"])
 def test_torch_compiled_single_token_steps_match_hf(name, monkeypatch):
-    """With enable_torch_compile, one-token extends and batch-1 decodes take the compiled
+    """Through the runner's CompiledDecode, one-token extends and batch-1 decodes take the compiled
     regions (counted) and still match transformers; a 2-row decode stays eager."""
-    from sgl.models.llama import LlamaDecoderLayer
+    from sgl.executor.compiled_decode import CompiledDecode
 
-    cfg, hf, ours, book = build(*CONFIGS[name])
-    ours.enable_torch_compile()
+    cfg, hf, model, book = build(*CONFIGS[name])
+    ours = CompiledDecode(model)
+    assert ours.max_rows == 1
+    ours.compile()
     calls = []
-    original = LlamaDecoderLayer.compiled_post_attention
-    monkeypatch.setattr(LlamaDecoderLayer, "compiled_post_attention",
-                        lambda self, *a: calls.append(1) or original(self, *a))
+    original = CompiledDecode.layer_post_attention
+    monkeypatch.setattr(CompiledDecode, "layer_post_attention",
+                        staticmethod(lambda *a: calls.append(1) or original(*a)))
     gen = torch.Generator().manual_seed(6)
     seqs = [rand_tokens(1, gen), rand_tokens(5, gen)]
     rows = [book.new_request() for _ in seqs]
@@ -249,8 +251,10 @@ def test_torch_compiled_single_token_steps_match_hf(name, monkeypatch):
     assert len(calls) == 4 * cfg.num_hidden_layers
 
 
-def test_failed_torch_compile_leaves_the_model_eager(monkeypatch):
-    import sgl.models.llama as llama
+def test_failed_torch_compile_leaves_the_model_eager(monkeypatch, caplog):
+    import sgl.executor.compiled_decode as compiled_decode
+    from sgl.executor.compiled_decode import CompiledDecode
+    from sgl.executor.model_runner import ModelRunner
 
     def broken(fn):
         def call(*args):
@@ -258,10 +262,13 @@ def test_failed_torch_compile_leaves_the_model_eager(monkeypatch):
         return call
 
     cfg, hf, ours, book = build(*CONFIGS["llama-untied"])
-    monkeypatch.setattr(llama, "compiled", broken)
+    monkeypatch.setattr(compiled_decode, "compiled", broken)
     with pytest.raises(RuntimeError, match="torch.compile of the single-token path failed: no C\\+\\+ compiler"):
-        ours.enable_torch_compile()
-    assert not ours.torch_compiled and all(layer.compiled_max_rows == 0 for layer in ours.model.layers)
+        CompiledDecode(ours).compile()
+    with caplog.at_level("WARNING", logger="sgl"):
+        runner = ModelRunner(ours, cfg, 64, 2, 32, torch.float32, "cpu", torch_compile=True)
+    assert not runner.torch_compiled and runner.compiled_decode is None
+    assert "no C++ compiler; serving with the eager model" in caplog.text
     row = book.new_request()
     torch.testing.assert_close(run(ours, book.extend([row], [[3]])), hf_logits(hf, [3]), atol=ATOL, rtol=0)
 
@@ -272,11 +279,13 @@ def test_enable_torch_compile_configures_the_calling_thread():
 
     import torch._dynamo.config as dynamo_config
 
+    from sgl.executor.compiled_decode import CompiledDecode
+
     cfg, hf, ours, book = build(*CONFIGS["llama-untied"])
     seen = []
 
     def serve():
-        ours.enable_torch_compile()
+        CompiledDecode(ours).compile()
         seen.append(dynamo_config.recompile_limit)
 
     thread = threading.Thread(target=serve)

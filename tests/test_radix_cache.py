@@ -7,10 +7,13 @@ test_radix_cache_properties.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from sgl.engine.cache import CACHE_MANAGERS, NoneCache, RadixCache, make_cache_manager
+from sgl.engine.cache import (CACHE_MANAGERS, EMPTY_HANDLE, CacheHandle, NoneCache, RadixCache, RadixHandle,
+                              make_cache_manager)
 from sgl.executor.memory_pool import TokenToKVPool
 
 
@@ -31,8 +34,8 @@ def put(cache: RadixCache, pool: TokenToKVPool, tokens) -> torch.Tensor:
     return slots
 
 
-def node_key(handle) -> list:
-    return list(handle.key)
+def node_key(node) -> list:
+    return list(node.key)
 
 
 def ids(t: torch.Tensor) -> list:
@@ -45,7 +48,7 @@ def test_match_on_empty_cache_is_empty():
     m = cache.match_prefix([1, 2, 3])
     assert m.prefix_len == 0
     assert m.kv_indices.dtype == torch.int64 and m.kv_indices.shape == (0,)
-    assert m.handle is cache.root_node
+    assert m.handle.node is cache.root_node and m.handle is cache.root_node.handle
 
 
 def test_match_full_and_longer_query():
@@ -62,9 +65,9 @@ def test_partial_match_splits_node_and_keeps_slots():
     put(cache, pool, [1, 2, 3, 4, 5])  # slots 1..5
     m = cache.match_prefix([1, 2, 3, 9])
     assert m.prefix_len == 3 and ids(m.kv_indices) == [1, 2, 3]
-    assert node_key(m.handle) == [1, 2, 3] and ids(m.handle.value) == [1, 2, 3]
-    (child,) = m.handle.children.values()
-    assert node_key(child) == [4, 5] and ids(child.value) == [4, 5] and child.parent is m.handle
+    assert node_key(m.handle.node) == [1, 2, 3] and ids(m.handle.node.value) == [1, 2, 3]
+    (child,) = m.handle.node.children.values()
+    assert node_key(child) == [4, 5] and ids(child.value) == [4, 5] and child.parent is m.handle.node
     assert cache.total_size() == 5 and cache.evictable_size() == 5
     assert ids(cache.match_prefix([1, 2, 3, 4, 5]).kv_indices) == [1, 2, 3, 4, 5]
     cache.check_integrity()
@@ -74,7 +77,7 @@ def test_match_ending_inside_edge_returns_exact_prefix():
     pool, cache = make_cache()
     put(cache, pool, [1, 2, 3, 4])
     m = cache.match_prefix([1, 2])
-    assert ids(m.kv_indices) == [1, 2] and node_key(m.handle) == [1, 2]
+    assert ids(m.kv_indices) == [1, 2] and node_key(m.handle.node) == [1, 2]
     cache.check_integrity()
 
 
@@ -109,32 +112,57 @@ def test_insert_rejects_bad_kv_indices():
         cache.insert([1, 2], torch.tensor([1, 2], dtype=torch.int32))
 
 
+def test_matches_ending_at_the_same_node_share_one_handle():
+    pool, cache = make_cache(16)
+    put(cache, pool, [1, 2, 3, 4])
+    put(cache, pool, [7, 8])
+    h = cache.match_prefix([1, 2, 3, 4, 9]).handle
+    assert isinstance(h, RadixHandle) and isinstance(h, CacheHandle)
+    assert cache.match_prefix([1, 2, 3, 4]).handle is h and {h: 1}[cache.match_prefix([1, 2, 3, 4, 5]).handle] == 1
+    assert cache.match_prefix([7, 8]).handle != h
+    assert cache.match_prefix([5]).handle is cache.match_prefix([]).handle is cache.root_node.handle
+    upper = cache.match_prefix([1, 2]).handle  # splits [1,2,3,4]: the lower half keeps its node and handle
+    assert upper != h and cache.match_prefix([1, 2, 3, 4]).handle is h and h.node.parent is upper.node
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.node = upper.node
+    with pytest.raises(ValueError, match="RadixHandle"):
+        cache.lock(EMPTY_HANDLE)
+    assert cache.evict(16) == 6
+    put(cache, pool, [1, 2, 3, 4])
+    h2 = cache.match_prefix([1, 2, 3, 4]).handle
+    assert h2 != h  # a re-cached prefix is a new node with a new handle; the stale one is refused
+    with pytest.raises(RuntimeError, match="evicted"):
+        cache.lock(h)
+    cache.check_integrity()
+
+
 # ------------------------------------------------------------------- locks
 def test_lock_counts_along_path_and_sizes():
     pool, cache = make_cache()
     put(cache, pool, [1, 2, 3, 4])
     put(cache, pool, [1, 2, 5, 6])  # splits into [1,2] -> {[3,4], [5,6]}
-    a = cache.match_prefix([1, 2, 3, 4]).handle
-    b = cache.match_prefix([1, 2, 5, 6]).handle
+    ha = cache.match_prefix([1, 2, 3, 4]).handle
+    hb = cache.match_prefix([1, 2, 5, 6]).handle
+    a, b = ha.node, hb.node
     shared = a.parent
     assert node_key(shared) == [1, 2] and b.parent is shared
-    cache.lock(a)
+    cache.lock(ha)
     assert (shared.lock_ref, a.lock_ref, b.lock_ref) == (1, 1, 0)
     assert (cache.protected_size(), cache.evictable_size()) == (4, 2)
-    cache.lock(b)
-    cache.lock(b)
+    cache.lock(hb)
+    cache.lock(hb)
     assert (shared.lock_ref, a.lock_ref, b.lock_ref) == (3, 1, 2)
     assert (cache.protected_size(), cache.evictable_size()) == (6, 0)
     cache.check_integrity(idle=False)
     with pytest.raises(AssertionError, match="locked while idle"):
         cache.check_integrity()
-    cache.unlock(a)
-    cache.unlock(b)
-    cache.unlock(b)
+    cache.unlock(ha)
+    cache.unlock(hb)
+    cache.unlock(hb)
     assert (shared.lock_ref, a.lock_ref, b.lock_ref) == (0, 0, 0)
     assert (cache.protected_size(), cache.evictable_size()) == (0, 6)
     with pytest.raises(RuntimeError, match="unlocked"):
-        cache.unlock(a)
+        cache.unlock(ha)
     cache.check_integrity()
 
 
@@ -143,8 +171,8 @@ def test_split_of_locked_node_keeps_lock_on_both_halves():
     put(cache, pool, [1, 2, 3, 4])
     h = cache.match_prefix([1, 2, 3, 4]).handle
     cache.lock(h)
-    upper = cache.match_prefix([1, 2]).handle
-    assert upper.lock_ref == 1 and h.lock_ref == 1 and h.parent is upper
+    upper = cache.match_prefix([1, 2]).handle.node
+    assert upper.lock_ref == 1 and h.node.lock_ref == 1 and h.node.parent is upper
     assert cache.protected_size() == 4
     cache.unlock(h)
     assert cache.protected_size() == 0 and upper.lock_ref == 0
@@ -300,7 +328,7 @@ def test_check_integrity_detects_corruption():
     with pytest.raises(AssertionError, match="evictable_size_"):
         cache.check_integrity()
     cache.evictable_size_ -= 1
-    leaf = cache.match_prefix([4, 5]).handle
+    leaf = cache.match_prefix([4, 5]).handle.node
     leaf.value = torch.tensor([1, 2])  # slot 1 now owned twice
     with pytest.raises(AssertionError, match="two tree nodes"):
         cache.check_integrity()

@@ -140,16 +140,16 @@ def test_failed_step_aborts_batch_and_engine_recovers(chat_prompts):
     """A step that raises fails only the requests holding KV; the pools are rebuilt and serving goes on."""
     e = sgl.Engine(log_interval=0, max_total_tokens=2048)
     try:
-        real = e.runner.forward_decode
+        real = e.runner.forward
         calls = {"n": 0}
 
-        def flaky(*args, **kwargs):
-            calls["n"] += 1
+        def flaky(batch):
+            calls["n"] += batch.forward_mode.is_decode()
             if calls["n"] == 3:
                 raise RuntimeError("injected failure")
-            return real(*args, **kwargs)
+            return real(batch)
 
-        e.runner.forward_decode = flaky
+        e.runner.forward = flaky
         out = e.generate(chat_prompts[0], {"max_new_tokens": 8, "ignore_eos": True})
         assert out["meta_info"]["finish_reason"]["type"] == "abort"
         assert "injected failure" in out["meta_info"]["finish_reason"]["message"]

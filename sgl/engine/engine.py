@@ -21,7 +21,7 @@ from sgl.core.config import EngineConfig, compose_config, kwargs_to_overrides
 from sgl.core.version import __version__
 from sgl.engine.io import OutputSink
 from sgl.engine.req import Req
-from sgl.engine.request_builder import RequestBuilder
+from sgl.engine.request_builder import GenerateRequest, ModelInfo, RequestBuilder
 
 logger = logging.getLogger("sgl")
 
@@ -78,6 +78,7 @@ class Engine:
         """Load the model and create pools, cache and scheduler (on the scheduler thread)."""
         from sgl.engine.cache import make_cache_manager
         from sgl.engine.jump_forward import JumpForward
+        from sgl.engine.output_processor import OutputProcessor
         from sgl.executor.model_runner import ModelRunner, profile_max_total_tokens
         from sgl.engine.sampling.sampler import SAMPLERS
         from sgl.engine.scheduler import Scheduler
@@ -95,7 +96,7 @@ class Engine:
             raise ValueError(f"sampler.name: {e}") from None
         self.attn_backend = make_attention_backend(config.attention.backend, **config.attention.backend_kwargs())
         loaded = load_model(mc.path, dtype=dtype, device=mc.device, attn_backend=self.attn_backend,
-                            torch_compile=mc.enable_torch_compile, gguf_block_gemv=mc.gguf_block_gemv)
+                            gguf_block_gemv=mc.enable_torch_compile and mc.gguf_block_gemv)
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.hf_config = loaded.hf_config
@@ -106,16 +107,30 @@ class Engine:
         max_total = sc.max_total_tokens or profile_max_total_tokens(
             self.hf_config, dtype, sc.mem_fraction_static, sc.max_running_requests * self.context_len)
         self.runner = ModelRunner(loaded.model, self.hf_config, max_total, sc.max_running_requests,
-                                  self.context_len, dtype, mc.device)
+                                  self.context_len, dtype, mc.device, torch_compile=mc.enable_torch_compile)
         cache_kw = {} if config.cache.page_size is None else {"page_size": config.cache.page_size}
         self.cache = make_cache_manager(config.cache.name, self.runner.token_to_kv_pool, **cache_kw)
-        self.builder = RequestBuilder(self)
         self.jump_forward = JumpForward(self.tokenizer, config.grammar.jump_forward)
-        self.scheduler = Scheduler(sc, self.runner, self.cache, sampler, self.tokenizer, self.eos_token_ids,
-                                   self.builder.new_detokenizer, self.jump_forward)
+        info = ModelInfo(self.model_path, self.vocab_size, self.context_len, self.runner.token_to_kv_pool.size,
+                         self.eos_token_ids, config.grammar.backend)
+        self.builder = RequestBuilder(info, self.tokenizer, self._make_grammar_backend, self.jump_forward)
+        outputs = OutputProcessor(self.tokenizer, self.eos_token_ids, sampler, self.jump_forward)
+        self.scheduler = Scheduler(sc, self.runner, self.cache, outputs)
         logger.info("Engine ready: %s, context %d tokens, KV pool %d tokens, cache=%s, policy=%s, attention=%s, "
                     "torch_compile=%s", self.model_path, self.context_len, max_total, config.cache.name, sc.policy,
-                    config.attention.backend, getattr(loaded.model, "torch_compiled", False))
+                    config.attention.backend, self.runner.torch_compiled)
+
+    def _make_grammar_backend(self):
+        """The configured grammar backend, built on the scheduler thread like all of the engine's torch
+        work (see ``__init__``). The engine tokenizes forced runs canonically (sgl/engine/jump_forward.py),
+        so greedy output is the same with jump-forward on or off without the builtin backend holding
+        back the last forced token."""
+        from sgl.grammar import make_grammar_backend
+
+        name = self.config.grammar.backend
+        options = {"jump_holdback": False} if name == "builtin" else {}
+        return self.scheduler.call(lambda _: make_grammar_backend(
+            name, self.tokenizer, self.vocab_size, eos_token_ids=self.eos_token_ids, **options)).result()
 
     # ------------------------------------------------------------ generate
     def generate(self, prompt: Prompt = None, sampling_params: Union[Dict, List[Dict], None] = None,
@@ -131,8 +146,9 @@ class Engine:
             ValueError: bad input (empty or over-long prompt, unknown or invalid sampling params,
                 invalid regex/schema, ...), before anything is queued.
         """
-        reqs, single = self.builder.build(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                                          top_logprobs_num, return_text_in_logprobs, stream, rid, image_data)
+        reqs, single = self.builder.build(GenerateRequest(
+            prompt, input_ids, sampling_params, return_logprob, logprob_start_len, top_logprobs_num,
+            return_text_in_logprobs, stream, rid, image_data))
         self._reserve_rids(reqs)
         if stream:
             return self._stream(reqs[0])
@@ -181,8 +197,9 @@ class Engine:
                              return_text_in_logprobs: bool = False, stream: bool = False, rid=None,
                              image_data=None):
         """asyncio variant of :meth:`generate`; with ``stream=True`` returns an async iterator."""
-        reqs, single = self.builder.build(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                                          top_logprobs_num, return_text_in_logprobs, stream, rid, image_data)
+        reqs, single = self.builder.build(GenerateRequest(
+            prompt, input_ids, sampling_params, return_logprob, logprob_start_len, top_logprobs_num,
+            return_text_in_logprobs, stream, rid, image_data))
         self._reserve_rids(reqs)
         loop = asyncio.get_running_loop()
         if stream:

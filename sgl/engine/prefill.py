@@ -16,62 +16,61 @@ instead of recomputing the shared prefix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 
+from sgl.engine.cache.base import CacheManager
 from sgl.engine.req import Req
+from sgl.engine.schedule_batch import ScheduleBatch
 from sgl.engine.schedule_policy import match_limit
-
-
-@dataclass
-class PrefillBatch:
-    """The requests of one extend step: ``extend_lens[i]`` new tokens for ``reqs[i]``, whose KV goes to
-    ``out_cache_loc`` (int64 ``[sum(extend_lens)]``). ``new_reqs`` are the ones admitted from the queue."""
-    reqs: List[Req] = field(default_factory=list)
-    extend_lens: List[int] = field(default_factory=list)
-    slots: List[torch.Tensor] = field(default_factory=list)
-    new_reqs: List[Req] = field(default_factory=list)
-
-    @property
-    def out_cache_loc(self) -> torch.Tensor:
-        return torch.cat(self.slots)
+from sgl.executor.forward_batch import ForwardMode
+from sgl.executor.memory_pool import ReqToTokenPool, TokenToKVPool
 
 
 IN_BATCH_PREFIX_THRESHOLD = 32  # tokens; SGLang's in-batch prefix caching threshold
 
 
 class PrefillAdder:
-    """Forms one PrefillBatch. Owns no state across steps."""
+    """Forms one extend :class:`~sgl.engine.schedule_batch.ScheduleBatch`. Owns no state across steps.
 
-    def __init__(self, sched):
-        self.s = sched
-        cfg = sched.cfg
-        self.budget = cfg.max_prefill_tokens
-        self.chunk = cfg.chunked_prefill_size if cfg.chunked_prefill_size > 0 else 1 << 62
-        ratio = sched.new_token_ratio
-        self.reserved = sum(self._reserve(r, ratio) for r in sched.running)
-        self.batch = PrefillBatch()
-        self.chunking = any(r.kv_len < len(r.input_ids) for r in sched.pending)
+    Args:
+        token_budget: new tokens this step may extend (``max_prefill_tokens``).
+        chunk_size: longest extend of one request (``chunked_prefill_size``; <= 0: no chunking).
+        new_token_ratio: the share of a request's remaining ``max_new_tokens`` kept free for its decode.
+        running: the decoding requests (their reserve is subtracted from the room).
+        pool, cache, req_to_token_pool: where KV slots, cached prefixes and request rows come from.
+    """
+
+    def __init__(self, token_budget: int, chunk_size: int, new_token_ratio: float, running: List[Req],
+                 pool: TokenToKVPool, cache: CacheManager, req_to_token_pool: ReqToTokenPool):
+        self.budget = token_budget
+        self.chunk = chunk_size if chunk_size > 0 else 1 << 62
+        self.new_token_ratio = new_token_ratio
+        self.pool, self.cache, self.req_to_token_pool = pool, cache, req_to_token_pool
+        self.reserved = sum(self._reserve(r, new_token_ratio) for r in running)
+        self.busy = bool(running)  # alone, a request needs no decode reserve
+        self.batch = ScheduleBatch(ForwardMode.EXTEND)
+        self.chunking = False
 
     @staticmethod
     def _reserve(r: Req, ratio: float) -> int:
         remaining = max(r.sampling_params.max_new_tokens - len(r.output_ids), 0)
         return int(remaining * ratio)
 
-    def _alloc(self, n: int) -> torch.Tensor | None:
+    def _alloc(self, n: int) -> Optional[torch.Tensor]:
         """n KV slots, evicting from the cache when the pool is short."""
-        pool = self.s.pool
-        if pool.available_size() < n:
-            self.s.cache.evict(n - pool.available_size())
-        return pool.alloc(n)
+        if self.pool.available_size() < n:
+            self.cache.evict(n - self.pool.available_size())
+        return self.pool.alloc(n)
 
     def _room(self) -> int:
-        return self.s.pool.available_size() + self.s.cache.evictable_size() - self.reserved
+        return self.pool.available_size() + self.cache.evictable_size() - self.reserved
 
     def add_pending(self, reqs: List[Req]) -> List[Req]:
         """Admit requests that already hold a row (chunk continuation, jump-forward). Returns those left over."""
+        self.chunking = any(r.kv_len < len(r.input_ids) for r in reqs)
+        self.busy = self.busy or bool(reqs)
         left = []
         for r in reqs:
             ext = min(r.extend_remaining, self.chunk, self.budget)
@@ -84,38 +83,37 @@ class PrefillAdder:
 
     def add_waiting(self, waiting: List[Req], max_new: int) -> None:
         """Admit requests from ``waiting`` (already ordered) until a budget runs out; removes the admitted."""
-        s = self.s
         admitted = []
         for r in waiting:
             if len(admitted) >= max_new or self.budget <= 0:
                 break
             ids = r.fill_ids
-            m = s.cache.match_prefix(ids[:match_limit(r)])
+            m = self.cache.match_prefix(ids[:match_limit(r)])
             if self._shares_with_batch(ids, m.prefix_len + IN_BATCH_PREFIX_THRESHOLD):
                 continue  # a request in this batch computes the shared prefix; reuse it next step
             full = r.seq_len - m.prefix_len
             ext = min(full, self.chunk, self.budget)
             if ext < full and (self.chunking or (self.batch.reqs and ext < min(self.chunk, 64))):
                 break  # one chunked prefill at a time; no tiny chunks (the next step has a fresh budget)
-            s.cache.lock(m.handle)
-            reserve = self._reserve(r, s.new_token_ratio)
-            busy = bool(s.running or s.pending or self.batch.reqs)  # alone, a request needs no decode reserve
+            self.cache.lock(m.handle)
+            reserve = self._reserve(r, self.new_token_ratio)
+            busy = self.busy or bool(self.batch.reqs)
             if ext + (reserve if busy else 0) > self._room():
-                s.cache.unlock(m.handle)
+                self.cache.unlock(m.handle)
                 break
-            row = s.req_to_token_pool.alloc()
+            row = self.req_to_token_pool.alloc()
             slots = self._alloc(ext) if row is not None else None
             if slots is None:
                 if row is not None:
-                    s.req_to_token_pool.free(row)
-                s.cache.unlock(m.handle)
+                    self.req_to_token_pool.free(row)
+                self.cache.unlock(m.handle)
                 break
             r.req_pool_idx = row
             r.prefix_indices = m.kv_indices
             r.last_handle = m.handle
             r.kv_len = m.prefix_len
             if m.prefix_len:
-                s.req_to_token_pool.write(row, 0, m.kv_indices)
+                self.req_to_token_pool.write(row, 0, m.kv_indices)
             if not r.admitted_once:
                 r.cached_tokens = m.prefix_len
                 r.admitted_once = True
@@ -135,8 +133,6 @@ class PrefillAdder:
         return any(a.seq_len > k and a.fill_ids[:k] == head for a in self.batch.new_reqs)
 
     def _take(self, r: Req, ext: int, slots: torch.Tensor) -> None:
-        self.s.req_to_token_pool.write(r.req_pool_idx, r.kv_len, slots)
-        self.batch.reqs.append(r)
-        self.batch.extend_lens.append(ext)
-        self.batch.slots.append(slots)
+        self.req_to_token_pool.write(r.req_pool_idx, r.kv_len, slots)
+        self.batch.add(r, ext, slots)
         self.budget -= ext

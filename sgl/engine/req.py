@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import torch
+
+from sgl.engine.sampling.sampling_params import SamplingParams
+
+if TYPE_CHECKING:  # annotations only: these modules import Req themselves
+    from sgl.engine.cache.base import CacheHandle
+    from sgl.engine.detokenizer import IncrementalDetokenizer
+    from sgl.engine.io import OutputSink
+    from sgl.engine.stop import FinishReason, StopChecker
+    from sgl.grammar.base import Grammar
+
+# A logprob entry: (logprob or None for the first prompt token, token id, token text or None).
+LogprobTriple = Tuple[Optional[float], int, Optional[str]]
 
 
 @dataclass
@@ -37,7 +49,7 @@ class Req:
 
     rid: str
     input_ids: List[int]
-    sampling_params: Any  # SamplingParams
+    sampling_params: SamplingParams
     logprob: LogprobRequest = field(default_factory=LogprobRequest)
     stream: bool = False
     output_ids: List[int] = field(default_factory=list)
@@ -46,25 +58,25 @@ class Req:
     req_pool_idx: Optional[int] = None
     kv_len: int = 0
     prefix_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
-    last_handle: Any = None
+    last_handle: Optional["CacheHandle"] = None
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
     admitted_once: bool = False
 
     # per-request helpers set by the scheduler
-    grammar: Any = None
+    grammar: Optional["Grammar"] = None
     forced_tokens: List[int] = field(default_factory=list)  # queued forced tokens (jump-forward off)
     generator: Optional[torch.Generator] = None
-    detokenizer: Any = None
-    stop_checker: Any = None
-    sink: Any = None  # OutputSink receiving results
+    detokenizer: Optional["IncrementalDetokenizer"] = None
+    stop_checker: Optional["StopChecker"] = None
+    sink: Optional["OutputSink"] = None  # receives the results
 
     # results
-    finish_reason: Any = None  # FinishReason
-    input_token_logprobs: List[Any] = field(default_factory=list)
-    input_top_logprobs: List[Any] = field(default_factory=list)
+    finish_reason: Optional["FinishReason"] = None
+    input_token_logprobs: List[LogprobTriple] = field(default_factory=list)
+    input_top_logprobs: List[Optional[List[LogprobTriple]]] = field(default_factory=list)
     input_logprobs_done: bool = False
-    output_token_logprobs: List[Any] = field(default_factory=list)
-    output_top_logprobs: List[Any] = field(default_factory=list)
+    output_token_logprobs: List[LogprobTriple] = field(default_factory=list)
+    output_top_logprobs: List[List[LogprobTriple]] = field(default_factory=list)
     raw_text: str = ""  # detokenized output so far
     text: str = ""  # visible output text (stop strings trimmed / held back)
     sent_text_len: int = 0

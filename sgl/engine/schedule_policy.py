@@ -5,14 +5,16 @@
   first, which keeps shared prefixes resident and raises the cache hit rate.
 - ``fcfs``: arrival order.
 - ``dfs-weight``: SGLang's DFS-weight ordering approximated by grouping
-  requests on their matched cache node and ordering groups by size.
+  requests on their matched cache node (the match's :class:`CacheHandle`,
+  equal for matches ending at the same node) and ordering groups by size.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import List
+from typing import Dict, List
 
+from sgl.engine.cache.base import CacheHandle, CacheManager
 from sgl.engine.req import Req
 from sgl.core.registry import Registry
 
@@ -34,15 +36,16 @@ class SchedulePolicy(ABC):
     request's ``prefix_indices``/``last_handle``; the scheduler re-matches at admission anyway."""
 
     @abstractmethod
-    def sort(self, waiting: List[Req], cache) -> None:
-        ...
+    def sort(self, waiting: List[Req], cache: CacheManager) -> None:
+        """Reorder ``waiting`` in place (the scheduler admits from the front). Locks nothing."""
 
 
 @SCHEDULE_POLICIES.register("fcfs")
 class FCFSPolicy(SchedulePolicy):
     """First come, first served (stable order of arrival)."""
 
-    def sort(self, waiting: List[Req], cache) -> None:
+    def sort(self, waiting: List[Req], cache: CacheManager) -> None:
+        """Sort by ``created_time`` (stable: equal times keep their order); ``cache`` is unused."""
         waiting.sort(key=lambda r: r.created_time)
 
 
@@ -54,7 +57,8 @@ class LongestPrefixMatchPolicy(SchedulePolicy):
 
     max_queue_for_matching = 128
 
-    def sort(self, waiting: List[Req], cache) -> None:
+    def sort(self, waiting: List[Req], cache: CacheManager) -> None:
+        """Sort by matched prefix length (descending), then ``created_time``."""
         if len(waiting) > self.max_queue_for_matching:
             waiting.sort(key=lambda r: r.created_time)
             return
@@ -67,18 +71,36 @@ class LongestPrefixMatchPolicy(SchedulePolicy):
 
 @SCHEDULE_POLICIES.register("dfs-weight")
 class DFSWeightPolicy(SchedulePolicy):
-    """Groups requests by the cache node their prefix ends in; larger groups first, then arrival."""
+    """Groups requests by the cache node their prefix ends in; larger groups first, then arrival.
 
-    def sort(self, waiting: List[Req], cache) -> None:
-        handles = {}
-        counts: dict = {}
-        for r in waiting:
+    Requests whose matches return equal :class:`CacheHandle` s (the same cached
+    node; all empty matches share one) form a group. Groups are ordered by
+    size (largest first), equal sizes by their earliest ``created_time``; each
+    group is contiguous and in ``created_time`` order.
+    """
+
+    def sort(self, waiting: List[Req], cache: CacheManager) -> None:
+        """Reorder ``waiting`` group by group as described above (one ``match_prefix`` per request)."""
+        group_of: Dict[int, CacheHandle] = {}
+        size: Dict[CacheHandle, int] = {}
+        first: Dict[CacheHandle, tuple] = {}  # (earliest created_time, first position): a total group order
+        for i, r in enumerate(waiting):
             h = cache.match_prefix(r.fill_ids[: match_limit(r)]).handle
-            handles[id(r)] = id(h)
-            counts[id(h)] = counts.get(id(h), 0) + 1
-        waiting.sort(key=lambda r: (-counts[handles[id(r)]], handles[id(r)], r.created_time))
+            group_of[id(r)] = h
+            size[h] = size.get(h, 0) + 1
+            first[h] = min(first.get(h, (r.created_time, i)), (r.created_time, i))
+
+        def key(r: Req) -> tuple:
+            h = group_of[id(r)]
+            return (-size[h], first[h], r.created_time)
+
+        waiting.sort(key=key)
 
 
 def make_schedule_policy(name: str) -> SchedulePolicy:
-    """Raises ValueError for an unknown policy name."""
+    """Build the policy registered as ``name`` (``fcfs``, ``lpm``, ``dfs-weight``).
+
+    Raises:
+        ValueError: for an unknown policy name (the message lists the known ones).
+    """
     return SCHEDULE_POLICIES.get(name)()

@@ -21,13 +21,16 @@ from typing import Callable, List, Optional
 import torch
 
 from sgl.core.config import SchedulerConfig
-from sgl.engine.jump_forward import JumpForward
-from sgl.engine.output_processor import OutputProcessor
+from sgl.engine.cache.base import CacheManager
+from sgl.engine.output_processor import OutputProcessor, StepOutput
 from sgl.engine.prefill import PrefillAdder
 from sgl.engine.req import Req
-from sgl.engine.schedule_policy import make_schedule_policy
+from sgl.engine.schedule_batch import ScheduleBatch
+from sgl.engine.schedule_policy import SchedulePolicy, make_schedule_policy
 from sgl.engine.stats import SchedulerStats
 from sgl.engine.stop import FinishReason
+from sgl.executor.memory_pool import ReqToTokenPool, TokenToKVPool
+from sgl.executor.model_runner import ModelRunner
 
 logger = logging.getLogger("sgl")
 
@@ -37,27 +40,29 @@ class Scheduler:
 
     Thread model: ``add_request`` / ``call`` may be called from any thread; all
     other methods run on the scheduler thread (``run_forever``).
+
+    Args:
+        cfg: the scheduler config (budgets, policy name, retraction ratios, logging).
+        runner: runs each step's :class:`~sgl.executor.model_worker_batch.ModelWorkerBatch` and owns
+            the KV pools (anything with ``forward(batch) -> logits``, ``token_to_kv_pool`` and
+            ``req_to_token_pool``: tests pass a fake).
+        cache: the prefix cache over ``runner.token_to_kv_pool``.
+        outputs: turns each step's logits into tokens, text and finish reasons.
     """
 
-    def __init__(self, cfg: SchedulerConfig, runner, cache, sampler, tokenizer, eos_token_ids,
-                 new_detokenizer: Callable[[Req], object], jump_forward: "JumpForward"):
+    def __init__(self, cfg: SchedulerConfig, runner: ModelRunner, cache: CacheManager, outputs: OutputProcessor):
         self.cfg = cfg
         self.runner = runner
-        self.pool = runner.token_to_kv_pool
-        self.req_to_token_pool = runner.req_to_token_pool
+        self.pool: TokenToKVPool = runner.token_to_kv_pool
+        self.req_to_token_pool: ReqToTokenPool = runner.req_to_token_pool
         self.cache = cache
-        self.sampler = sampler
-        self.tokenizer = tokenizer
-        self.eos_token_ids = set(eos_token_ids)
-        self.new_detokenizer = new_detokenizer
-        self.jump_forward = jump_forward
-        self.policy = make_schedule_policy(cfg.policy)
+        self.outputs = outputs
+        self.policy: SchedulePolicy = make_schedule_policy(cfg.policy)
         self.waiting: List[Req] = []
         self.running: List[Req] = []
         self.pending: List[Req] = []  # hold a row, need an extend (chunked prefill, jump-forward)
-        self.new_token_ratio = cfg.init_new_token_ratio
+        self.new_token_ratio: float = cfg.init_new_token_ratio
         self.stats = SchedulerStats()
-        self.outputs = OutputProcessor(self)
         self._inbox: "queue.Queue" = queue.Queue()
         self._stop = threading.Event()
         self._idle_checked = True
@@ -119,7 +124,7 @@ class Scheduler:
         while True:
             kind, payload = item
             if kind == "req":
-                self.waiting.append(payload)
+                self._admit_request(payload)
             elif kind == "call":
                 fn, fut = payload
                 try:
@@ -130,6 +135,17 @@ class Scheduler:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _admit_request(self, r: Req) -> None:
+        """Queue a new request; one whose grammar already forced text (before any step) is first
+        checked against its stop conditions, and finishes at once when that text completes it."""
+        if r.output_ids:
+            out = StepOutput()
+            self.outputs.update_text(r, [], out)
+            if out.finished:
+                self.finish(r)
+                return
+        self.waiting.append(r)
 
     def _on_idle(self) -> None:
         self._idle_checked = True
@@ -165,42 +181,32 @@ class Scheduler:
             return True
         return False
 
-    def _get_prefill_batch(self):
+    def _get_prefill_batch(self) -> Optional[ScheduleBatch]:
         if not self.pending and not self.waiting:
             return None
-        adder = PrefillAdder(self)
+        cfg = self.cfg
+        adder = PrefillAdder(cfg.max_prefill_tokens, cfg.chunked_prefill_size, self.new_token_ratio,
+                             self.running, self.pool, self.cache, self.req_to_token_pool)
         self.pending = adder.add_pending(self.pending)
         if self.waiting:
             self.policy.sort(self.waiting, self.cache)
-            room = self.cfg.max_running_requests - len(self.running) - len(self.pending) - len(adder.batch.reqs)
+            room = cfg.max_running_requests - len(self.running) - len(self.pending) - len(adder.batch.reqs)
             adder.add_waiting(self.waiting, max(room, 0))
         return adder.batch
 
-    def _run_extend(self, batch) -> None:
+    def _run_extend(self, batch: ScheduleBatch) -> None:
         t0 = time.perf_counter()
-        rows, sample_reqs, lp_spans = [], [], []
-        offset = 0
-        for r, ext in zip(batch.reqs, batch.extend_lens):
-            start = r.kv_len
-            if r.logprob.start_len is not None and not r.input_logprobs_done:
-                if r.logprob.start_len == 0 and start == 0:
-                    self.outputs.record_first_input_logprob(r)
-                lo = max(max(r.logprob.start_len - 1, 0), start)
-                hi = min(len(r.input_ids) - 1, start + ext)
-                if hi > lo:
-                    lp_spans.append((r, len(rows), hi - lo, lo))
-                    rows.extend(range(offset + lo - start, offset + hi - start))
-            if start + ext == r.seq_len:
-                sample_reqs.append((r, len(rows)))
-                rows.append(offset + ext - 1)
-            offset += ext
-        logits = self.runner.forward_extend(batch.reqs, batch.extend_lens, batch.out_cache_loc, rows)
+        for r in batch.reqs:
+            if r.logprob.start_len == 0 and r.kv_len == 0 and not r.input_logprobs_done:
+                self.outputs.record_first_input_logprob(r)
+        logits = self.runner.forward(batch.get_model_worker_batch())
+        self.stats.on_prefill(batch, self)
         for r, ext in zip(batch.reqs, batch.extend_lens):
             r.kv_len += ext
-        for r, i, n, first in lp_spans:
-            self.outputs.record_input_logprobs(r, logits[i:i + n], first)
-        self.stats.on_prefill(batch, self)
-        done = {id(r) for r, _ in sample_reqs}
+        for span in batch.logprob_spans:
+            self.outputs.record_input_logprobs(span.req, logits[span.first_row:span.first_row + span.count],
+                                               span.first_pos)
+        done = {id(r) for r, _ in batch.sample_rows}
         for r, ext in zip(batch.reqs, batch.extend_lens):
             # Let the cache own the prompt KV computed so far (every prompt chunk, as SGLang does), so
             # later requests sharing it hit the cache while this one is still running.
@@ -209,7 +215,7 @@ class Scheduler:
             if id(r) not in done:
                 self.pending.append(r)
         to_sample = []
-        for r, i in sample_reqs:
+        for r, i in batch.sample_rows:
             if r.logprob.start_len is not None:
                 r.input_logprobs_done = True
             if len(r.output_ids) >= r.sampling_params.max_new_tokens:  # max_new_tokens == 0: prefill only
@@ -221,7 +227,7 @@ class Scheduler:
         if to_sample:
             reqs = [r for r, _ in to_sample]
             lg = logits[torch.tensor([i for _, i in to_sample])]
-            self.outputs.process(reqs, lg, self.outputs.sample(reqs, lg))
+            self._apply(self.outputs.process(reqs, lg, self.outputs.sample(reqs, lg)))
         self.stats.step_time += time.perf_counter() - t0
 
     def _run_decode(self) -> None:
@@ -229,17 +235,32 @@ class Scheduler:
         slots = self._alloc_decode_slots()
         if slots is None:
             return
-        reqs = list(self.running)
+        batch = ScheduleBatch.decode(self.running, slots)
+        reqs = batch.reqs
         rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
         cols = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
         self.req_to_token_pool.req_to_token[rows, cols] = slots.to(self.req_to_token_pool.device)
-        logits = self.runner.forward_decode(reqs, slots)
+        logits = self.runner.forward(batch.get_model_worker_batch())
         for r in reqs:
             r.kv_len += 1
-        self.outputs.process(reqs, logits, self.outputs.sample(reqs, logits))
+        self._apply(self.outputs.process(reqs, logits, self.outputs.sample(reqs, logits)))
         self.new_token_ratio = max(self.cfg.min_new_token_ratio,
                                    self.new_token_ratio - self.cfg.new_token_ratio_decay)
         self.stats.on_decode(len(reqs), time.perf_counter() - t0, self)
+
+    def _apply(self, out: StepOutput) -> None:
+        """Act on a step's token processing: jumped requests re-extend next step, finished ones release
+        their KV and send their result, streaming ones send their new text."""
+        for r, n in out.jumped:
+            self.stats.jump_forward_tokens += n
+            if r in self.running:
+                self.running.remove(r)
+                self.pending.append(r)
+        for r in out.finished:
+            self.finish(r)
+        for r in out.stream:
+            if r.finish_reason is None:
+                self.emit(r, final=False)
 
     # ------------------------------------------------------------ memory pressure
     def _alloc_decode_slots(self) -> Optional[torch.Tensor]:
@@ -359,15 +380,3 @@ class Scheduler:
             return
         self.pool.clear()
         self.req_to_token_pool.clear()
-
-    # ------------------------------------------------------------ grammar helpers
-    def on_jump_forward(self, r: Req, n: int) -> None:
-        """``n`` forced tokens were appended to a running request: it re-extends them next step."""
-        self.stats.jump_forward_tokens += n
-        if r in self.running:
-            self.running.remove(r)
-            self.pending.append(r)
-
-    def grammar_finish_reason(self, r: Req) -> FinishReason:
-        last = r.output_ids[-1]
-        return FinishReason.stop(last if last in self.eos_token_ids else None)

@@ -33,9 +33,12 @@ class SchedulerStats:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def on_prefill(self, batch, sched) -> None:
+        """Count an extend batch (call before it runs: ``Req.kv_len`` is each request's reused KV) and
+        log SGLang's ``Prefill batch.`` line; ``#cached-token`` is the KV the batch reuses, whether
+        matched in the prefix cache, computed by earlier chunks or kept across a jump-forward."""
         self.prefill_steps += 1
         new_tokens = sum(batch.extend_lens)
-        cached = sum(r.cached_tokens for r in batch.new_reqs if r.num_retractions == 0)
+        cached = sum(batch.prefix_lens)
         for r in batch.new_reqs:
             if r.num_retractions == 0:
                 self.num_requests += 1

@@ -2,11 +2,13 @@
 
 Layout follows transformers' ``LlamaForCausalLM`` (so HF checkpoints load by
 name) with nano-vllm/SGLang habits for serving: fused ``qkv_proj`` and
-``gate_up_proj`` matmuls, a fused residual add + RMSNorm, one cos/sin lookup
-per step shared by all layers, and attention delegated to an
+``gate_up_proj`` matmuls, residual adds inside the o_proj/down_proj GEMMs,
+one cos/sin lookup per step shared by all layers, and attention delegated to an
 :class:`~sgl.layers.attention.base.AttentionBackend` that reads and writes
 the KV pool. Tokens of all requests are flattened into one ``[n, hidden]``
-tensor, so no layer loops over requests or syncs with the host.
+tensor, so no layer loops over requests or syncs with the host. Decode fast
+paths (torch.compile'd regions, GGUF-block GEMV) live in the executor
+(:mod:`sgl.executor.compiled_decode`), not here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import torch
 from torch import nn
 
 from sgl.layers.attention.base import AttentionBackend
-from sgl.executor.compiled_decode import compiled, configure_compile, gemv, post_attention, pre_attention
 from sgl.layers.embedding import VocabEmbedding
 from sgl.layers.linear import GateUpLinear, Linear, QKVLinear
 from sgl.layers.norm import RMSNorm
@@ -25,12 +26,6 @@ from sgl.layers.rotary import RotaryEmbedding, apply_rotary, rope_parameters
 
 if TYPE_CHECKING:  # the executor is a higher layer: type annotations only
     from sgl.executor.forward_batch import ForwardBatch
-    from sgl.models.gguf_blocks import BlockWeight
-
-# Steps of up to this many tokens run compiled when the linears read GGUF blocks.
-# bench/model_decode.py, whole model: 2 rows 81 vs 49 tok/s (oneDNN float32 GEMM);
-# at 3 and 4 rows the compiled regions lose (69 vs 83, 72 vs 115 tok/s).
-BLOCK_MAX_ROWS = 2
 
 # (our fused parameter, checkpoint projection name, shard id)
 STACKED_PARAMS = (
@@ -108,14 +103,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: ``forward(hidden, residual, cos, sin, fb) -> (hidden, residual)``.
+    """Pre-norm block: ``forward(hidden [n, hidden], cos, sin, fb) -> [n, hidden]``.
 
-    Two ways to carry the residual stream, chosen per step (every layer of a step
-    takes the same one). Steps run by the compiled regions return the MLP output
-    and the residual separately (the add is fused into the next layer's norm).
-    Eager steps add the residual inside the o_proj and down_proj GEMMs (oneDNN
-    post-ops) and return ``(stream, None)``; a layer given ``residual=None``
-    takes its input as the stream."""
+    ``h = x + attn(norm(x)); out = h + mlp(norm(h))``; each residual add happens
+    inside the o_proj / down_proj GEMM (a oneDNN post-op when prepacked)."""
 
     def __init__(self, hf_config, layer_id: int, attn_backend: AttentionBackend, qkv_bias: bool, o_bias: bool):
         super().__init__()
@@ -127,32 +118,12 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(hf_config.hidden_size, eps)
         self.mlp = LlamaMLP(hf_config.hidden_size, hf_config.intermediate_size,
                             bias=bool(getattr(hf_config, "mlp_bias", False)))
-        self.compiled_max_rows = 0  # steps of up to this many tokens run compiled (enable_torch_compile)
 
-    def forward(self, hidden_states, residual, cos, sin, forward_batch):
-        if hidden_states.shape[0] <= self.compiled_max_rows:
-            q, k, v, residual = self.compiled_pre_attention(hidden_states, residual, cos, sin)
-            return self.compiled_post_attention(self.self_attn.attend(q, k, v, forward_batch), residual)
-        if residual is None:
-            residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
-        else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
-        residual = self.self_attn(hidden_states, cos, sin, forward_batch, residual=residual)
-        return self.mlp(self.post_attention_layernorm(residual), residual=residual), None
-
-    def compiled_pre_attention(self, hidden_states, residual, cos, sin):
-        """Tokens through :func:`~sgl.executor.compiled_decode.pre_attention` (compiled): q, k, v, residual."""
-        attn, norm = self.self_attn, self.input_layernorm
-        return compiled(pre_attention)(hidden_states, residual, norm.weight, norm.eps, attn.qkv_proj.gemv_weight,
-                                       attn.qkv_proj.bias, cos, sin, attn.q_size, attn.kv_size, attn.head_dim)
-
-    def compiled_post_attention(self, attn_out, residual):
-        """Tokens through :func:`~sgl.executor.compiled_decode.post_attention` (compiled): mlp out, residual."""
-        o_proj, norm, mlp = self.self_attn.o_proj, self.post_attention_layernorm, self.mlp
-        return compiled(post_attention)(attn_out, residual, o_proj.gemv_weight, o_proj.bias, norm.weight, norm.eps,
-                                        mlp.gate_up_proj.gemv_weight, mlp.gate_up_proj.bias,
-                                        mlp.down_proj.gemv_weight, mlp.down_proj.bias)
+    def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                forward_batch: ForwardBatch) -> torch.Tensor:
+        residual = self.self_attn(self.input_layernorm(hidden_states), cos, sin, forward_batch,
+                                  residual=hidden_states)
+        return self.mlp(self.post_attention_layernorm(residual), residual=residual)
 
 
 class LlamaModel(nn.Module):
@@ -171,12 +142,9 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch):
         hidden_states = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb.cos_sin(positions, hidden_states.dtype)
-        residual = None
         for layer in self.layers:
-            hidden_states, residual = layer(hidden_states, residual, cos, sin, forward_batch)
-        if residual is None:
-            return self.norm(hidden_states)
-        return self.norm(hidden_states, residual)[0]
+            hidden_states = layer(hidden_states, cos, sin, forward_batch)
+        return self.norm(hidden_states)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -201,7 +169,6 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = Linear(hf_config.hidden_size, hf_config.vocab_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.torch_compiled = False
 
     @staticmethod
     def attention_biases(hf_config) -> Tuple[bool, bool]:
@@ -218,45 +185,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``[m, hidden_size]`` -> float32 logits ``[m, vocab_size]``."""
-        if self.torch_compiled and hidden_states.shape[0] == 1:
-            return compiled(gemv)(hidden_states, self.lm_head.gemv_weight, self.lm_head.bias).float()
         return self.lm_head(hidden_states).float()
-
-    def enable_torch_compile(self) -> None:
-        """Run steps of few tokens through the compiled regions of :mod:`sgl.executor.compiled_decode`
-        and compile them now, so no request waits for it: single-token steps always (1.5x the
-        batch-1 decode speed on CPU over float32 weights), and steps of up to
-        :data:`BLOCK_MAX_ROWS` tokens when every layer reads block weights (there the loop over
-        1.25-byte weights beats oneDNN's float32 GEMM).
-
-        Takes ~17 s on a machine's first run, a few seconds once Inductor's disk cache is warm.
-
-        Raises:
-            RuntimeError: compilation failed (e.g. no C++ compiler); the model stays on the eager path.
-        """
-        layers = self.model.layers
-        blocks = all(lin.block_weight is not None for layer in layers
-                     for lin in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
-                                 layer.mlp.gate_up_proj, layer.mlp.down_proj))
-        max_rows = BLOCK_MAX_ROWS if blocks else 1
-        layer, param = layers[0], self.lm_head.weight
-        attn = layer.self_attn
-        configure_compile()
-        try:
-            with torch.inference_mode():  # the grad mode of serving, so the graphs are reused
-                for m in range(1, max_rows + 1):
-                    hidden = torch.zeros(m, self.config.hidden_size, dtype=param.dtype, device=param.device)
-                    rot = torch.zeros(m, 1, attn.head_dim, dtype=param.dtype, device=param.device)
-                    attn_out = torch.zeros(m, attn.q_size, dtype=param.dtype, device=param.device)
-                    layer.compiled_pre_attention(hidden, None, rot, rot)
-                    layer.compiled_pre_attention(hidden, hidden, rot, rot)
-                    layer.compiled_post_attention(attn_out, hidden)
-                compiled(gemv)(hidden[:1], self.lm_head.gemv_weight, self.lm_head.bias)
-        except Exception as e:
-            raise RuntimeError(f"torch.compile of the single-token path failed: {e}") from e
-        self.torch_compiled = True
-        for layer in layers:
-            layer.compiled_max_rows = max_rows
 
     def load_weights(self, weights: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named checkpoint tensors into our (partly fused) parameters.
@@ -302,21 +231,6 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             raise ValueError(f"checkpoint is missing weights for: {missing[:8]}"
                              f"{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
-
-    def load_block_weights(self, weights: Iterable[Tuple[str, "BlockWeight"]]) -> int:
-        """Attach block-affine weights (HF names, as :func:`~sgl.models.gguf_blocks.load_block_weights`
-        yields) to the linear layers, for single-token matmuls; q/k/v and gate/up shards are fused
-        like the float32 weights. A layer with a missing or mismatched shard keeps float32.
-
-        Returns the number of linear layers that got a block weight."""
-        modules = dict(self.named_modules())
-        shards: dict = {}
-        for name, block in weights:
-            name, shard = fused_param_name(name)
-            module = modules.get(name.rsplit(".", 1)[0])
-            if isinstance(module, Linear):
-                shards.setdefault(module, {})[shard] = block
-        return sum(module.set_block_weight(parts) for module, parts in shards.items())
 
     def _required_loads(self) -> set:
         """(parameter name, shard id) pairs a complete checkpoint must provide."""

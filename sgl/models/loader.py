@@ -14,19 +14,19 @@ import importlib.util
 import json
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from sgl.layers.attention import AttentionBackend, make_attention_backend
-from sgl.models.gguf_blocks import BLOCKS_FILE, load_block_weights
+from sgl.layers.linear import Linear, prepack_linears_cpu
+from sgl.models.gguf_blocks import BLOCKS_FILE, BlockWeight, load_block_weights
 from sgl.models.gguf_convert import ensure_converted, gguf_cache_dir, is_complete_cache
-from sgl.layers.linear import prepack_linears_cpu
+from sgl.models.llama import fused_param_name
 from sgl.models.registry import get_model_class
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def _architectures(hf_config) -> list:
 def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
                attn_backend: Union[str, AttentionBackend] = "torch",
                cache_dir: Optional[str] = None, cpu_prepack: bool = True,
-               torch_compile: bool = False, gguf_block_gemv: bool = True) -> LoadedModel:
+               gguf_block_gemv: bool = False) -> LoadedModel:
     """Load a model for serving.
 
     Args:
@@ -193,14 +193,12 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         cpu_prepack: on CPU, give every linear layer a oneDNN-packed weight
             copy (faster matmuls, one extra copy of the weights in memory;
             see ``Linear.prepack_cpu``).
-        torch_compile: run single-token steps through torch.compile'd
-            regions (``enable_torch_compile`` of the model: ~1.5x batch-1
-            decode on CPU); compiled here, ~2 s with a warm Inductor cache.
-            If compilation fails the model stays eager and a warning is logged.
-        gguf_block_gemv: with ``torch_compile``, let single-token matmuls
-            read the GGUF's own quantized blocks (int8 codes + per-block
-            scales, ~3x fewer bytes than float32; the same weights) where the
-            conversion kept them (see :mod:`sgl.models.gguf_blocks`); float32 models only.
+        gguf_block_gemv: attach the GGUF's own quantized blocks (int8 codes +
+            per-block scales, ~3x fewer bytes than float32; the same weights)
+            to the linear layers where the conversion kept them (see
+            :mod:`sgl.models.gguf_blocks` and :func:`attach_block_weights`), for
+            the runner's compiled decode path (:mod:`sgl.executor.compiled_decode`);
+            float32 models only.
 
     Raises:
         FileNotFoundError: missing path.
@@ -231,16 +229,9 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
         if cpu_prepack and torch.device(device).type == "cpu":
             prepack_linears_cpu(model)
         blocks_file = Path(model_dir) / BLOCKS_FILE
-        if torch_compile and gguf_block_gemv and dtype == torch.float32 and blocks_file.is_file():
-            n = model.load_block_weights(load_block_weights(blocks_file))
-            logger.info("%d linear layers read GGUF blocks at batch 1", n)
-        if torch_compile:
-            started = time.perf_counter()
-            try:
-                model.enable_torch_compile()
-                logger.info("torch.compile of the single-token path: %.1f s", time.perf_counter() - started)
-            except RuntimeError as e:
-                logger.warning("%s; serving with the eager model", e)
+        if gguf_block_gemv and dtype == torch.float32 and blocks_file.is_file():
+            n = attach_block_weights(model, load_block_weights(blocks_file))
+            logger.info("%d linear layers read GGUF blocks in few-token steps", n)
         try:
             tokenizer = tokenizer_future.result()
         except Exception as e:
@@ -249,6 +240,23 @@ def load_model(model_path: Optional[str] = None, dtype: torch.dtype = torch.floa
                        model_dir=str(model_dir), context_len=int(context_len),
                        eos_token_ids=_eos_token_ids(model_dir, hf_config, tokenizer),
                        vocab_size=int(hf_config.vocab_size))
+
+
+def attach_block_weights(model: nn.Module, weights: Iterable[Tuple[str, BlockWeight]]) -> int:
+    """Attach block-affine weights (HF names, as :func:`~sgl.models.gguf_blocks.load_block_weights`
+    yields) to ``model``'s :class:`~sgl.layers.linear.Linear` layers; q/k/v and gate/up shards are
+    fused like the float32 weights (:func:`~sgl.models.llama.fused_param_name`). A layer with a
+    missing or mismatched shard keeps float32 only.
+
+    Returns the number of linear layers that got a block weight."""
+    modules = dict(model.named_modules())
+    shards: dict = {}
+    for name, block in weights:
+        name, shard = fused_param_name(name)
+        module = modules.get(name.rsplit(".", 1)[0])
+        if isinstance(module, Linear):
+            shards.setdefault(module, {})[shard] = block
+    return sum(module.set_block_weight(parts) for module, parts in shards.items())
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,10 @@ Programs", §3). The scheduler drives every implementation the same way:
 
 1. ``m = cache.match_prefix(prompt)``; ``cache.lock(m.handle)`` while the
    request runs, so its prefix cannot be evicted; the request allocates slots
-   only for ``prompt[m.prefix_len:]``.
+   only for ``prompt[m.prefix_len:]``. ``m.handle`` is a :class:`CacheHandle`
+   naming the matched prefix by identity: matches that end at the same cached
+   node (block) return the same handle, so handles can key dicts (the
+   dfs-weight schedule policy groups waiting requests by them).
 2. After a prefill chunk: ``m = cache.cache_unfinished_req(...)`` and rewrite
    the request's ``req_to_token`` row with ``m.kv_indices``.
 3. When the request ends: ``cache.cache_finished_req(...)``.
@@ -23,9 +26,34 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
+
+
+@dataclass(frozen=True, eq=False)
+class CacheHandle:
+    """Immutable, opaque name of one cached prefix, returned in :attr:`MatchResult.handle`.
+
+    Identity semantics: handles compare and hash by object identity
+    (``eq=False``), and every implementation returns the *same* handle object
+    for every match that ends at the same cached node (radix tree node, LRU
+    block) while that node stays cached. So ``m1.handle == m2.handle`` iff the
+    two matches ended at the same node, and handles can be dict keys.
+
+    A handle stays valid while it is locked (:meth:`CacheManager.lock`); an
+    unlocked one may be invalidated by :meth:`CacheManager.evict` or
+    :meth:`CacheManager.reset`, after which ``lock`` raises RuntimeError (match
+    again instead). A handle belongs to the cache that made it.
+
+    Implementations subclass it to carry their node (``RadixHandle.node``,
+    ``LRUHandle.block``); the base class itself is used for :data:`EMPTY_HANDLE`.
+    """
+
+
+EMPTY_HANDLE = CacheHandle()
+"""The shared handle of an empty match that names no cached node (NoneCache's
+every match, LRUCache's empty matches); lock/unlock of it are no-ops."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,12 +63,13 @@ class MatchResult:
     Attributes:
         kv_indices: int64 ``[prefix_len]`` pool slots holding the KV of the
             matched prefix, position by position. They stay owned by the cache.
-        handle: opaque token for :meth:`CacheManager.lock` /
-            :meth:`CacheManager.unlock` (for RadixCache: the last matched node).
+        handle: the :class:`CacheHandle` of the last matched node, for
+            :meth:`CacheManager.lock` / :meth:`CacheManager.unlock` (equal for
+            matches ending at the same node; see CacheHandle).
     """
 
     kv_indices: torch.Tensor
-    handle: Any
+    handle: CacheHandle
 
     @property
     def prefix_len(self) -> int:
@@ -104,6 +133,11 @@ class CacheManager(abc.ABC):
         and transfers no ownership: the returned slots stay the cache's, and
         are safe to use only after :meth:`lock` of ``handle`` (until unlock).
         An empty match returns int64 ``[0]`` kv_indices and a valid handle.
+
+        Handle contract: two matches ending at the same cached node return the
+        same :class:`CacheHandle` object (hence equal and equal-hashing), as
+        long as that node was not evicted in between; matches ending at
+        different nodes return different handles.
         """
 
     @abc.abstractmethod
@@ -123,14 +157,22 @@ class CacheManager(abc.ABC):
         """
 
     @abc.abstractmethod
-    def lock(self, handle: Any) -> None:
-        """Protect the path root..handle from eviction (ref-counted; nests)."""
+    def lock(self, handle: CacheHandle) -> None:
+        """Protect the path root..handle from eviction (ref-counted; nests).
+
+        While locked, ``handle`` and every slot of its prefix stay valid.
+
+        Raises:
+            ValueError: if ``handle`` is not a handle of this cache's type.
+            RuntimeError: if its node was evicted or reset (match again).
+        """
 
     @abc.abstractmethod
-    def unlock(self, handle: Any) -> None:
+    def unlock(self, handle: CacheHandle) -> None:
         """Undo one :meth:`lock` of ``handle``.
 
         Raises:
+            ValueError: if ``handle`` is not a handle of this cache's type.
             RuntimeError: if ``handle`` is not locked.
         """
 
@@ -185,7 +227,7 @@ class CacheManager(abc.ABC):
 
     # --------------------------------------------------- scheduler helpers
     def cache_finished_req(self, token_ids: Sequence[int], kv_indices: torch.Tensor,
-                           handle: Any, prefix_len: int) -> None:
+                           handle: CacheHandle, prefix_len: int) -> None:
         """Hand a finished request's KV to the cache and release its lock.
 
         Args:
@@ -204,7 +246,7 @@ class CacheManager(abc.ABC):
         self.unlock(handle)
 
     def cache_unfinished_req(self, token_ids: Sequence[int], kv_indices: torch.Tensor,
-                             handle: Any, prefix_len: int) -> MatchResult:
+                             handle: CacheHandle, prefix_len: int) -> MatchResult:
         """Cache a running request's KV so far (e.g. after a prefill chunk) and re-lock it.
 
         Same arguments as :meth:`cache_finished_req`. Inserts, frees the

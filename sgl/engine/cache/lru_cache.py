@@ -32,6 +32,14 @@ Choices (documented because they differ between implementations):
   :meth:`LRUCache.check_integrity`). Locks ref-count every block of a matched
   chain, so a locked block's parent is locked as well.
 
+* Handles: each block owns one :class:`LRUHandle` for its whole cached life,
+  naming the chain that ends at it (walked through ``Block.parent``), so every
+  match ending at the same last block returns the same handle object; an empty
+  match returns the shared :data:`~sgl.engine.cache.base.EMPTY_HANDLE`. Since
+  a block is cached only with its parent, the chain behind a cached block
+  never changes. Eviction and reset drop the block's handle reference; a
+  stale handle is refused by :meth:`LRUCache.lock`.
+
 Access times come from a monotonic counter, not the wall clock, so eviction
 order is deterministic; the final tie-break is block creation order.
 """
@@ -40,11 +48,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from sgl.engine.cache.base import CacheManager, MatchResult, as_token_list, check_kv_indices
+from sgl.engine.cache.base import (EMPTY_HANDLE, CacheHandle, CacheManager, MatchResult, as_token_list,
+                                   check_kv_indices)
 
 HashFn = Callable[[Optional[int], Tuple[int, ...]], int]
 
@@ -64,37 +74,71 @@ class Block:
     Attributes:
         block_hash: chained hash of the page (its key in the table).
         parent_hash: ``block_hash`` of the previous page, ``None`` for page 0.
+        parent: the previous page's Block (``None`` for page 0), cached as long as this one is.
         tokens: the page's ``page_size`` token ids (collision guard).
         slots: int64 ``[page_size]`` pool slots holding the page's KV.
         page_idx: position of the page in its sequence (0-based).
         ref_count: number of locks held on chains through this block.
         last_access_time: counter value of the last match/insert touching it.
         id: creation order (eviction tie-break).
+        handle: the block's one :class:`LRUHandle` (None once evicted or reset).
     """
 
-    __slots__ = ("block_hash", "parent_hash", "tokens", "slots", "page_idx", "ref_count", "last_access_time", "id")
+    __slots__ = ("block_hash", "parent_hash", "parent", "tokens", "slots", "page_idx", "ref_count",
+                 "last_access_time", "id", "handle")
 
-    def __init__(self, block_hash: int, parent_hash: Optional[int], tokens: Tuple[int, ...], slots: torch.Tensor,
+    def __init__(self, block_hash: int, parent: Optional["Block"], tokens: Tuple[int, ...], slots: torch.Tensor,
                  page_idx: int, last_access_time: int, block_id: int):
         self.block_hash = block_hash
-        self.parent_hash = parent_hash
+        self.parent = parent
+        self.parent_hash = parent.block_hash if parent is not None else None
         self.tokens = tokens
         self.slots = slots
         self.page_idx = page_idx
         self.ref_count = 0
         self.last_access_time = last_access_time
         self.id = block_id
+        self.handle: Optional[LRUHandle] = LRUHandle(self)
+
+    def chain(self) -> Tuple["Block", ...]:
+        """The blocks from page 0 up to and including this one."""
+        out, b = [], self
+        while b is not None:
+            out.append(b)
+            b = b.parent
+        return tuple(reversed(out))
 
     def __repr__(self) -> str:
         return (f"Block(id={self.id}, page={self.page_idx}, slots={self.slots.tolist()}, "
                 f"ref={self.ref_count}, t={self.last_access_time})")
 
 
+@dataclass(frozen=True, eq=False)
+class LRUHandle(CacheHandle):
+    """:class:`CacheHandle` of a non-empty LRUCache match: the chain of blocks ending at ``block``.
+
+    One per block (``block.handle``), so it compares and hashes by the last block's identity.
+
+    Attributes:
+        block: the last matched :class:`Block`.
+    """
+
+    block: Block
+
+    @property
+    def blocks(self) -> Tuple[Block, ...]:
+        """The matched blocks, page 0 first (``len == prefix_len // page_size``)."""
+        return self.block.chain()
+
+    def __repr__(self) -> str:
+        return f"LRUHandle({self.block!r})"
+
+
 class LRUCache(CacheManager):
     """Page-granular chained-hash prefix cache with LRU block eviction. See :class:`CacheManager`.
 
-    Handles are tuples of the matched :class:`Block` objects (empty tuple for an
-    empty match); all sizes are in tokens (a multiple of ``page_size``).
+    Handles are :class:`LRUHandle` (one per last matched block; ``EMPTY_HANDLE``
+    for an empty match); all sizes are in tokens (a multiple of ``page_size``).
 
     Args:
         token_to_kv_pool: pool that evicted and uncached slots are freed to.
@@ -129,8 +173,8 @@ class LRUCache(CacheManager):
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
         """Longest run of cached full pages from the start of ``token_ids`` (see base).
 
-        Returns kv_indices int64 ``[k * page_size]`` and the tuple of the ``k``
-        matched blocks as handle; marks them most recently used.
+        Returns kv_indices int64 ``[k * page_size]`` and the last matched block's
+        :class:`LRUHandle` (``EMPTY_HANDLE`` if ``k == 0``); marks the blocks most recently used.
         """
         key = as_token_list(token_ids)
         blocks = []
@@ -142,8 +186,9 @@ class LRUCache(CacheManager):
         now = next(self._clock)
         for b in blocks:
             b.last_access_time = now
-        kv = torch.cat([b.slots for b in blocks]) if blocks else self._empty()
-        return MatchResult(kv_indices=kv, handle=tuple(blocks))
+        if not blocks:
+            return MatchResult(kv_indices=self._empty(), handle=EMPTY_HANDLE)
+        return MatchResult(kv_indices=torch.cat([b.slots for b in blocks]), handle=blocks[-1].handle)
 
     # ------------------------------------------------------------ insert
     def _insert_pages(self, key: List[int], kv_indices: torch.Tensor) -> Tuple[int, int]:
@@ -157,11 +202,11 @@ class LRUCache(CacheManager):
         ``kv_indices[cached:]`` are left to the caller.
         """
         ps, now = self.page_size, next(self._clock)
-        already, leading, cached = 0, True, 0
+        already, leading, cached, prev = 0, True, 0, None
         for start, parent, h, page in self._pages(key):
             b = self._blocks.get(h)
             if b is None:
-                b = Block(h, parent, page, kv_indices[start : start + ps].clone(), start // ps, now, next(self._ids))
+                b = Block(h, prev, page, kv_indices[start : start + ps].clone(), start // ps, now, next(self._ids))
                 self._blocks[h] = b
                 self.evictable_size_ += ps
                 leading = False
@@ -171,8 +216,9 @@ class LRUCache(CacheManager):
                 already = start + ps
             else:
                 self.token_to_kv_pool.free(kv_indices[start : start + ps])
+                b.parent = prev  # re-link to the parent block just (re)created under parent_hash
             b.last_access_time = now
-            cached = start + ps
+            cached, prev = start + ps, b
         return already, cached
 
     def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor) -> int:
@@ -197,22 +243,29 @@ class LRUCache(CacheManager):
 
     # -------------------------------------------------------------- locks
     def _check_handle(self, handle) -> Tuple[Block, ...]:
-        if not isinstance(handle, tuple) or not all(isinstance(b, Block) for b in handle):
-            raise ValueError(f"handle must be a tuple of Blocks from match_prefix, got {type(handle).__name__}")
-        for b in handle:
+        """The blocks of ``handle`` (page 0 first; ``()`` for EMPTY_HANDLE).
+
+        Raises ValueError if it is neither an LRUHandle nor EMPTY_HANDLE, RuntimeError if a block was evicted."""
+        if handle is EMPTY_HANDLE:
+            return ()
+        if not isinstance(handle, LRUHandle):
+            raise ValueError(f"handle must be an LRUHandle or EMPTY_HANDLE from match_prefix, "
+                             f"got {type(handle).__name__}")
+        blocks = handle.blocks
+        for b in blocks:
             if self._blocks.get(b.block_hash) is not b:
                 raise RuntimeError(f"handle block {b!r} was evicted or reset; match again before locking")
-        return handle
+        return blocks
 
-    def lock(self, handle: Tuple[Block, ...]) -> None:
-        """Increment ``ref_count`` of every block of ``handle`` (a no-op for the empty handle)."""
+    def lock(self, handle: CacheHandle) -> None:
+        """Increment ``ref_count`` of every block of ``handle`` (a no-op for ``EMPTY_HANDLE``)."""
         for b in self._check_handle(handle):
             if b.ref_count == 0:
                 self.evictable_size_ -= self.page_size
                 self.protected_size_ += self.page_size
             b.ref_count += 1
 
-    def unlock(self, handle: Tuple[Block, ...]) -> None:
+    def unlock(self, handle: CacheHandle) -> None:
         """Decrement ``ref_count`` of every block of ``handle``; RuntimeError if one is not locked."""
         blocks = self._check_handle(handle)
         for b in blocks:
@@ -236,6 +289,7 @@ class LRUCache(CacheManager):
         while freed < num_tokens and heap:
             b = heapq.heappop(heap)[-1]
             del self._blocks[b.block_hash]
+            b.handle = None
             victims.append(b.slots)
             freed += self.page_size
         self.evictable_size_ -= freed
@@ -253,6 +307,8 @@ class LRUCache(CacheManager):
         self._check_unlocked()
         if self._blocks:
             self.token_to_kv_pool.free(torch.cat([b.slots for b in self._blocks.values()]))
+        for b in self._blocks.values():
+            b.handle = None
         self._blocks = {}
         self.evictable_size_ = 0
 
@@ -270,11 +326,14 @@ class LRUCache(CacheManager):
                 f"{tuple(b.slots.shape)} dtype {b.slots.dtype}"
             assert self._hash_fn(b.parent_hash, b.tokens) == h, f"{b!r}: its tokens do not hash to its key"
             assert b.ref_count >= 0, f"{b!r} has a negative ref_count"
+            assert b.handle is not None and b.handle.block is b, f"{b!r} lost its handle"
             if b.parent_hash is None:
+                assert b.parent is None, f"{b!r} has no parent hash but links to a parent block"
                 assert b.page_idx == 0, f"{b!r} has no parent but is page {b.page_idx}"
             else:
                 parent = self._blocks.get(b.parent_hash)
                 assert parent is not None, f"{b!r} is an orphan: its parent block is not cached"
+                assert b.parent is parent, f"{b!r} links to a parent block that is not the cached one"
                 assert parent.page_idx == b.page_idx - 1, f"{b!r} follows page {parent.page_idx}"
                 assert parent.last_access_time >= b.last_access_time, f"{b!r} was used after its parent {parent!r}"
                 child_refs[b.parent_hash] = child_refs.get(b.parent_hash, 0) + b.ref_count

@@ -8,24 +8,24 @@ case.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from sgl.engine.cache.base import CacheManager, MatchResult, as_token_list, check_kv_indices
+from sgl.engine.cache.base import EMPTY_HANDLE, CacheHandle, CacheManager, MatchResult, as_token_list, check_kv_indices
 
 
 class NoneCache(CacheManager):
-    """A cache that stores nothing. Handles are ``None``; lock/unlock are no-ops.
+    """A cache that stores nothing. Every handle is the shared ``EMPTY_HANDLE``; lock/unlock are no-ops.
 
     Args:
         token_to_kv_pool: pool that request slots are freed to.
     """
 
     def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
-        """Always an empty match: int64 ``[0]`` kv_indices, handle ``None``."""
+        """Always an empty match: int64 ``[0]`` kv_indices, handle ``EMPTY_HANDLE``."""
         as_token_list(token_ids)
-        return MatchResult(kv_indices=self._empty(), handle=None)
+        return MatchResult(kv_indices=self._empty(), handle=EMPTY_HANDLE)
 
     def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor) -> int:
         """Take ownership of all of ``kv_indices`` and free them at once; returns 0."""
@@ -33,10 +33,10 @@ class NoneCache(CacheManager):
         self.token_to_kv_pool.free(kv_indices)
         return 0
 
-    def lock(self, handle: Any) -> None:
+    def lock(self, handle: CacheHandle) -> None:
         """No-op (nothing is cached, so nothing can be evicted)."""
 
-    def unlock(self, handle: Any) -> None:
+    def unlock(self, handle: CacheHandle) -> None:
         """No-op."""
 
     def evict(self, num_tokens: int) -> int:
@@ -52,13 +52,13 @@ class NoneCache(CacheManager):
         """Always consistent (holds no state)."""
 
     def cache_finished_req(self, token_ids: Sequence[int], kv_indices: torch.Tensor,
-                           handle: Any, prefix_len: int) -> None:
+                           handle: CacheHandle, prefix_len: int) -> None:
         """Free all of the request's slots (``kv_indices``, int64 ``[len(token_ids)]``)."""
         check_kv_indices(kv_indices, len(as_token_list(token_ids)))
         self.token_to_kv_pool.free(kv_indices)
 
     def cache_unfinished_req(self, token_ids: Sequence[int], kv_indices: torch.Tensor,
-                             handle: Any, prefix_len: int) -> MatchResult:
-        """Keep the request's slots: returns ``MatchResult(kv_indices, None)`` (prefix_len = all tokens)."""
+                             handle: CacheHandle, prefix_len: int) -> MatchResult:
+        """Keep the request's slots: returns ``MatchResult(kv_indices, EMPTY_HANDLE)`` (prefix_len = all tokens)."""
         check_kv_indices(kv_indices, len(as_token_list(token_ids)))
-        return MatchResult(kv_indices=kv_indices, handle=None)
+        return MatchResult(kv_indices=kv_indices, handle=EMPTY_HANDLE)

@@ -10,17 +10,25 @@ parent whose last child goes becomes an evictable leaf itself).
 
 Access times come from a monotonic counter, not the wall clock, so eviction
 order is deterministic; ties break by node creation order.
+
+Handles: each node owns one :class:`RadixHandle` for its whole cached life, so
+every match ending at a node returns the same handle object (the root's for
+an empty match). A split keeps the lower half in the old node (same handle,
+same prefix) and gives the new upper node a new handle. Eviction and reset
+detach the node (``parent = None``) and drop its handle reference, so a stale
+handle is recognised and refused by :meth:`RadixCache.lock`.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from sgl.engine.cache.base import CacheManager, MatchResult, as_token_list, check_kv_indices
+from sgl.engine.cache.base import CacheHandle, CacheManager, MatchResult, as_token_list, check_kv_indices
 
 
 class TreeNode:
@@ -34,9 +42,10 @@ class TreeNode:
         lock_ref: number of locks held on paths through this node.
         last_access_time: counter value of the last match/insert touching it.
         id: creation order (eviction tie-break).
+        handle: the node's one :class:`RadixHandle` (None once evicted or reset).
     """
 
-    __slots__ = ("key", "value", "children", "parent", "lock_ref", "last_access_time", "id")
+    __slots__ = ("key", "value", "children", "parent", "lock_ref", "last_access_time", "id", "handle")
 
     def __init__(self, key: List[int], value: torch.Tensor, parent: Optional["TreeNode"], node_id: int,
                  lock_ref: int = 0, last_access_time: int = 0):
@@ -47,9 +56,31 @@ class TreeNode:
         self.lock_ref = lock_ref
         self.last_access_time = last_access_time
         self.id = node_id
+        self.handle: Optional[RadixHandle] = RadixHandle(self)
+
+    def detach(self) -> None:
+        """Mark the node as no longer cached (evicted or reset): unlink it and drop its handle."""
+        self.parent = None
+        self.handle = None
 
     def __repr__(self) -> str:
         return f"TreeNode(id={self.id}, key={self.key}, lock_ref={self.lock_ref}, t={self.last_access_time})"
+
+
+@dataclass(frozen=True, eq=False)
+class RadixHandle(CacheHandle):
+    """:class:`CacheHandle` of a RadixCache match: the last matched node (the root for an empty match).
+
+    One per node (``node.handle``), so it compares and hashes by the node's identity.
+
+    Attributes:
+        node: the :class:`TreeNode` the match ended at.
+    """
+
+    node: TreeNode
+
+    def __repr__(self) -> str:
+        return f"RadixHandle({self.node!r})"
 
 
 def _common_prefix_len(a: List[int], b: List[int]) -> int:
@@ -99,7 +130,7 @@ class RadixCache(CacheManager):
             values.append(child.value)
             node, i = child, i + n
         kv = torch.cat(values) if values else self._empty()
-        return MatchResult(kv_indices=kv, handle=node)
+        return MatchResult(kv_indices=kv, handle=node.handle)
 
     def _split(self, child: TreeNode, n: int) -> TreeNode:
         """Split ``child`` after its first ``n`` tokens (0 < n < len(key)); return the new upper node."""
@@ -137,10 +168,11 @@ class RadixCache(CacheManager):
         return len(key)
 
     # -------------------------------------------------------------- locks
-    def lock(self, handle: TreeNode) -> None:
-        """Increment ``lock_ref`` on every node from ``handle`` up to (excluding) the root."""
-        self._check_handle(handle)
-        node = handle
+    def lock(self, handle: CacheHandle) -> None:
+        """Increment ``lock_ref`` on every node from ``handle.node`` up to (excluding) the root.
+
+        Raises ValueError for a non-:class:`RadixHandle`, RuntimeError for an evicted one."""
+        node = self._check_handle(handle)
         while node is not self.root_node:
             if node.lock_ref == 0:
                 self.evictable_size_ -= len(node.key)
@@ -148,12 +180,11 @@ class RadixCache(CacheManager):
             node.lock_ref += 1
             node = node.parent
 
-    def unlock(self, handle: TreeNode) -> None:
+    def unlock(self, handle: CacheHandle) -> None:
         """Decrement ``lock_ref`` on the path; raises RuntimeError if ``handle`` is not locked."""
-        self._check_handle(handle)
-        if handle is not self.root_node and handle.lock_ref <= 0:
-            raise RuntimeError(f"unlock of an unlocked node {handle!r}")
-        node = handle
+        node = self._check_handle(handle)
+        if node is not self.root_node and node.lock_ref <= 0:
+            raise RuntimeError(f"unlock of an unlocked node {node!r}")
         while node is not self.root_node:
             node.lock_ref -= 1
             if node.lock_ref == 0:
@@ -161,11 +192,14 @@ class RadixCache(CacheManager):
                 self.protected_size_ -= len(node.key)
             node = node.parent
 
-    def _check_handle(self, handle) -> None:
-        if not isinstance(handle, TreeNode):
-            raise ValueError(f"handle must be a TreeNode from match_prefix, got {type(handle).__name__}")
-        if handle is not self.root_node and handle.parent is None:
+    def _check_handle(self, handle) -> TreeNode:
+        """The node of ``handle``; ValueError if it is no RadixHandle, RuntimeError if evicted/reset."""
+        if not isinstance(handle, RadixHandle):
+            raise ValueError(f"handle must be a RadixHandle from match_prefix, got {type(handle).__name__}")
+        node = handle.node
+        if node is not self.root_node and node.parent is None:
             raise RuntimeError(f"handle {handle!r} was evicted or reset; match again before locking")
+        return node
 
     # ----------------------------------------------------------- eviction
     def evict(self, num_tokens: int) -> int:
@@ -183,7 +217,7 @@ class RadixCache(CacheManager):
             freed += len(node.key)
             self.evictable_size_ -= len(node.key)
             del parent.children[node.key[0]]
-            node.parent = None
+            node.detach()
             if parent is not self.root_node and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access_time, parent.id, parent))
         if victims:
@@ -196,7 +230,8 @@ class RadixCache(CacheManager):
         self._check_unlocked()
         values = [n.value for n in self._nodes()]
         for n in self._nodes():
-            n.parent = None
+            n.detach()
+        self.root_node.detach()
         if values:
             self.token_to_kv_pool.free(torch.cat(values))
         self.reset_tree()
@@ -215,6 +250,7 @@ class RadixCache(CacheManager):
         """Verify links, ref counts, sizes and slot uniqueness (see base); AssertionError on failure."""
         root = self.root_node
         assert root.parent is None and root.lock_ref == 1 and not root.key, "root node was modified"
+        assert root.handle is not None and root.handle.node is root, "root node lost its handle"
         evictable = protected = 0
         slots = []
         stack = [root]
@@ -225,6 +261,7 @@ class RadixCache(CacheManager):
                 assert child.parent is node, f"{child!r} has a wrong parent link"
                 assert child.key and child.key[0] == first, f"{child!r} is filed under first token {first}"
                 assert child.value.numel() == len(child.key), f"{child!r} has {child.value.numel()} slots"
+                assert child.handle is not None and child.handle.node is child, f"{child!r} lost its handle"
                 assert child.lock_ref >= 0, f"{child!r} has a negative lock_ref"
                 child_locks += child.lock_ref
                 if child.lock_ref > 0:
