@@ -523,15 +523,13 @@ def test_single_request_that_outgrows_the_pool_is_aborted():
     h.assert_idle_and_clean()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _alloc_decode_slots aborts the last running request while a "
-                   "pending chunked prefill holds the KV it needs (scheduler.py, 'if len(self.running) == 1')")
 @pytest.mark.parametrize("cache", ["radix", "none"])
 def test_running_request_is_not_aborted_while_a_pending_chunked_prefill_holds_kv(cache):
     """r1 needs 2 + 10 - 1 = 11 of the 20 slots, r2 needs 19: each fits the pool alone. r2's chunks
     (4, 4, 4, 4: pending requests ignore the decode reserve) leave r1 too few slots to decode, and
-    r1, the only *running* request, is aborted with "KV cache pool (20 tokens) is too small for
-    this request (5 tokens)". Releasing the pending request's KV (or retracting r1) would let both
-    finish."""
+    r1, the only *running* request, would have no slot; the scheduler re-queues r2 (its KV goes to
+    the cache) instead of aborting r1 (which it did, "KV cache pool (20 tokens) is too small for
+    this request (5 tokens)"), and both finish."""
     h = Harness(pool_size=20, cache=cache, chunked_prefill_size=4)
     p1, p2 = prompt(2, 1), prompt(19, 30)
     h.submit("r1", p1, 10)

@@ -28,7 +28,7 @@ class ModelConfig:
     """name: config name; path: HF directory or .gguf file (None = the bundled SmolLM2-135M-Instruct GGUF);
     dtype: torch dtype name; device: torch device; context_length: override of the model's max positions (tokens);
     enable_torch_compile: run single-token (batch-1 decode) steps through torch.compile'd layer regions
-    (sgl/models/compiled_decode.py; needs a C++ compiler, else the eager model is used with a warning);
+    (the runner's CompiledDecode, sgl/executor/compiled_decode.py; needs a C++ compiler, else the eager model is used with a warning);
     gguf_block_gemv: with enable_torch_compile, single-token matmuls of a GGUF model read its own quantized
     blocks (Q4_0/Q4_1/Q8_0: the same weights in ~3x fewer bytes; sgl/models/gguf_blocks.py)."""
     name: str = BUNDLED_MODEL

@@ -273,6 +273,11 @@ class Scheduler:
                 self.cache.evict(need - self.pool.available_size())
             if self.pool.available_size() >= need:
                 return self.pool.alloc(need)
+            if len(self.running) == 1 and self.pending:
+                # a part-prefilled request holds KV the last running one needs: re-queue it (its KV goes
+                # to the cache, evictable on the next pass) rather than abort a request that fits alone
+                self.retract(self.pending[-1])
+                continue
             if len(self.running) == 1:
                 r = self.running[0]
                 r.finish_reason = FinishReason.abort(
@@ -287,8 +292,9 @@ class Scheduler:
         return min(self.running, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
 
     def retract(self, r: Req) -> None:
-        """Release a running request's KV (into the cache, so a re-run can reuse it) and re-queue it."""
-        self.running.remove(r)
+        """Release a running or pending request's KV (into the cache, so a re-run can reuse it) and
+        re-queue it at the front of the waiting queue."""
+        (self.running if r in self.running else self.pending).remove(r)
         self._release_kv(r)
         r.num_retractions += 1
         self.stats.num_retractions += 1
