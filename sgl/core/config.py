@@ -134,13 +134,30 @@ class ServerConfig:
     host: interface to bind (loopback unless told otherwise); port: TCP port;
     api_key: when set, every route except ``/health`` needs ``Authorization: Bearer <api_key>``;
     served_model_name: model id reported by ``/v1/models`` and in responses (None = the engine's model path);
-    log_requests: write one access-log line per request.
+    log_requests: write one access-log line per request;
+    max_request_bytes: largest request body accepted (bytes; larger gets 413 before it is parsed);
+    max_prompt_chars: longest prompt text accepted before tokenizing (characters; None = 32 x the
+    context length);
+    max_n: most completions one request may ask for (``n``, on every route);
+    allow_request_chat_template: whether a request may send its own chat template source
+    (``chat_template_kwargs.chat_template`` and the like; off by default: a template is a program);
+    chat_template_timeout_s: time budget for rendering a request-supplied chat template (seconds);
+    max_rendered_prompt_chars: largest prompt a chat template may render (characters);
+    shutdown_timeout_s: on SIGTERM, how long running requests may take to finish (seconds) before
+    the rest are ended with a final error.
     """
     host: str = "127.0.0.1"
     port: int = 30000
     api_key: Optional[str] = None
     served_model_name: Optional[str] = None
     log_requests: bool = True
+    max_request_bytes: int = 8 * 2**20
+    max_prompt_chars: Optional[int] = None
+    max_n: int = 64
+    allow_request_chat_template: bool = False
+    chat_template_timeout_s: float = 2.0
+    max_rendered_prompt_chars: int = 4 * 2**20
+    shutdown_timeout_s: float = 30.0
 
     @classmethod
     def from_config(cls, config: Any = None) -> "ServerConfig":
