@@ -31,6 +31,7 @@ from sgl.backends.choices import (
 )
 from sgl.lang.function import SglFunction
 from sgl.lang.global_config import get_default_backend, set_default_backend
+from sgl.lang.interpreter import ProgramError
 from sgl.lang.state import ProgramState, ProgramStateGroup
 from sgl.lang.utils import load_image, print_highlight
 
@@ -62,6 +63,7 @@ __all__ = [
     "SglFunction",
     "ProgramState",
     "ProgramStateGroup",
+    "ProgramError",
     "print_highlight",
     "load_image",
 ]

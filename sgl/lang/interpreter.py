@@ -7,9 +7,32 @@ thread executes the queue in order against the backend.  Reading a variable
 submission is asynchronous, forks (``s.fork(n)``) and batched programs issue
 their model calls concurrently and the engine batches them.
 
-After an error in the worker, the executor records it (``error()``), releases
-every waiter, and skips the rest of its queue; reading a variable that was
-never produced raises a ``RuntimeError`` chained to the original error.
+Failure semantics.  A program fails when its body raises (recorded by
+:mod:`sgl.lang.run` through :meth:`StreamExecutor.fail`) or when an expression
+raises in the worker (a backend error, a bad role, ...).  The first error
+wins and is kept in ``error_``; from then on:
+
+* every waiter is woken at once (variable readers, ``sync``, streaming
+  iterators), and nothing waits on work that will not run: the worker skips
+  the rest of its queue and stops a streaming gen in flight;
+* every value read -- ``s["x"]`` / ``get_var``, ``get_meta_info``,
+  ``text()``, ``messages()``, ``sync()``, ``fork()`` -- raises
+  :class:`ProgramError` (a ``RuntimeError``) naming the program, with the
+  program's exception as ``__cause__`` (and as ``.error``).  This holds also
+  for variables that were produced before the failure, so a read gives the
+  same answer however the worker raced the failing body; ``.partial_text``
+  and ``.variables`` on the error keep what had been produced, for debugging;
+* ``text_iter()`` yields the pieces produced before the failure, then
+  re-raises the program's own exception (streaming consumers see the real
+  error type);
+* ``error()`` returns the exception and never raises;
+* the failure propagates to the program's forks (their reads raise too); a
+  fork's own failure reaches the parent when the parent reads the fork's
+  variables or joins it.
+
+If the worker thread itself dies with work left in its queue (it should
+not), readers notice it (they re-check the thread while waiting) and the
+state fails with a ``ProgramError`` instead of blocking forever.
 
 Design follows SGLang's ``StreamExecutor`` (python/sglang/lang/interpreter.py).
 """
@@ -19,6 +42,7 @@ from __future__ import annotations
 import base64
 import queue
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -43,6 +67,26 @@ if TYPE_CHECKING:  # avoid an import cycle sgl.backends.base -> sgl.lang -> here
     from sgl.backends.base import Backend, Prompt
 
 _STOP = object()  # queue sentinel
+_POLL_S = 0.2  # how often a waiting reader re-checks that the worker thread is alive
+
+
+class ProgramError(RuntimeError):
+    """A read of a program state whose program failed (see the module doc).
+
+    Attributes:
+        program: the program's name (forks: ``name[fork i]``).
+        error: the program's exception (also ``__cause__``).
+        partial_text: the state's text when the read was made.
+        variables: a copy of the variables produced before the failure.
+    """
+
+    def __init__(self, message: str, program: str = "program", error: Optional[BaseException] = None,
+                 partial_text: str = "", variables: Optional[Dict[str, Any]] = None):
+        super().__init__(message)
+        self.program = program
+        self.error = error
+        self.partial_text = partial_text
+        self.variables = dict(variables or {})
 
 
 class StreamExecutor:
@@ -54,11 +98,13 @@ class StreamExecutor:
         default_sampling_params: the ``.run()`` defaults every gen() merges over.
         chat_template: overrides ``backend.get_chat_template()``.
         stream: generate with ``backend.generate_stream`` and signal progress.
+        name: the program's name, used in error messages.
     """
 
     def __init__(self, backend: "Backend", arguments: Dict[str, Any], default_sampling_params: SglSamplingParams,
-                 chat_template=None, stream: bool = False):
+                 chat_template=None, stream: bool = False, name: str = "program"):
         self.sid = uuid.uuid4().hex
+        self.name = name
         self.backend = backend
         self.arguments = arguments
         self.default_sampling_params = default_sampling_params
@@ -69,6 +115,7 @@ class StreamExecutor:
         self.variable_event: Dict[str, threading.Event] = {}
         self._pending: Dict[str, int] = {}  # queued producers per variable name
         self._var_lock = threading.Lock()
+        self._cond = threading.Condition(self._var_lock)  # notified when a variable is done or the state fails
         self.meta_info: Dict[str, Any] = {}
         self.error_: Optional[BaseException] = None
         self.is_finished = False
@@ -124,19 +171,80 @@ class StreamExecutor:
                     "multimodal models are not supported by this backend")
         self.submit_role = role
         with self._var_lock:
+            failed = self.error_ is not None
             for leaf in iter_leaves(expr):
                 name = getattr(leaf, "name", None)
                 if isinstance(leaf, (SglGen, SglSelect, SglVarScopeBegin)) and name is not None:
                     # A later producer of the same name makes readers wait for it (program order).
                     self._pending[name] = self._pending.get(name, 0) + 1
-                    self.variable_event.setdefault(name, threading.Event()).clear()
+                    ev = self.variable_event.setdefault(name, threading.Event())
                     if self.stream:
-                        self.stream_var_event.setdefault(name, threading.Event())
+                        sev = self.stream_var_event.setdefault(name, threading.Event())
+                        if failed:
+                            sev.set()
+                    if failed:
+                        ev.set()  # it will be skipped: readers must not wait for it
+                    else:
+                        ev.clear()
         self.queue.put(expr)
 
+    def fail(self, error: BaseException) -> None:
+        """Record that the program failed with ``error`` (the first error wins),
+        wake every waiter and fail the forks too.  Safe from any thread."""
+        with self._cond:
+            if self.error_ is not None:
+                return
+            self.error_ = error
+            events = list(self.variable_event.values()) + list(self.stream_var_event.values())
+            children = list(self.children)
+            self._cond.notify_all()
+        for ev in events:
+            ev.set()
+        if self.stream_text_event is not None:
+            self.stream_text_event.set()
+        with self.queue.all_tasks_done:
+            self.queue.all_tasks_done.notify_all()  # wake sync() so it can see the failure
+        for child in children:
+            child.fail(error)
+
+    def program_error(self, what: str, verb: str = "is not available") -> ProgramError:
+        """The :class:`ProgramError` for a read of ``what`` from this failed state."""
+        err = self.error_
+        e = ProgramError(f"{what} of program {self.name!r} {verb} because the program failed: "
+                         f"{type(err).__name__}: {err}", program=self.name, error=err,
+                         partial_text=self.text_, variables=self.variables)
+        e.__cause__ = err
+        return e
+
+    def _check_worker(self) -> None:
+        """Fail the state if the worker thread is gone while work is still owed."""
+        if self.error_ is None and not self.worker.is_alive() and self.queue.unfinished_tasks:
+            self.fail(RuntimeError(f"the interpreter thread of program {self.name!r} exited with "
+                                   f"{self.queue.unfinished_tasks} expression(s) not executed"))
+
+    def drain(self) -> None:
+        """Wait until every submitted expression has been executed or skipped, or
+        the program has failed (never raises; a failed worker skips the rest)."""
+        q = self.queue
+        while True:
+            with q.all_tasks_done:
+                if not q.unfinished_tasks or self.error_ is not None:
+                    break
+                q.all_tasks_done.wait(_POLL_S)
+            self._check_worker()
+
+    def raise_if_failed(self, what: str) -> None:
+        if self.error_ is not None:
+            raise self.program_error(what)
+
     def sync(self) -> None:
-        """Block until every submitted expression has been executed (or skipped)."""
-        self.queue.join()
+        """Block until every submitted expression has been executed.
+
+        Raises:
+            ProgramError: the program failed (at once, even if work is queued).
+        """
+        self.drain()
+        self.raise_if_failed("the result")
 
     def end(self) -> None:
         """Let the worker exit once its queue is drained; ends forks too."""
@@ -148,37 +256,68 @@ class StreamExecutor:
             child.end()
 
     # -- reading ----------------------------------------------------------------------
+    def _wait_var(self, name: str, timeout: Optional[float] = None) -> bool:
+        """Wait until no producer of ``name`` is pending or the state failed;
+        False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._pending.get(name, 0) == 0 or self.error_ is not None:
+                    return True
+                left = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            self._check_worker()
+
+    def _var_error(self, name: str) -> ProgramError:
+        produced = name in self.variables and self._pending.get(name, 0) == 0
+        return self.program_error(f"variable {name!r}", "is not available" if produced else "was not produced")
+
     def get_var(self, name: str):
         """The value of variable ``name``, waiting for it to be produced.
 
         Raises:
-            RuntimeError: the program failed before producing it (chained).
+            ProgramError: the program failed (before or after producing it).
             KeyError: no such variable.
         """
-        if name in self.variable_event:
-            self.variable_event[name].wait()
+        self._wait_var(name)
+        if self.error_ is not None:
+            raise self._var_error(name)
         if name in self.variables:
             return self.variables[name]
-        if self.error_ is not None:
-            raise RuntimeError(f"variable {name!r} was not produced because the program failed: "
-                               f"{type(self.error_).__name__}: {self.error_}") from self.error_
         raise KeyError(f"no variable {name!r} in this program state; known: {sorted(map(str, self.variables))}")
 
     def get_meta_info(self, name: str, timeout: Optional[float] = None):
-        if name in self.variable_event and not self.variable_event[name].wait(timeout):
+        """The meta info of variable ``name`` (None when it has none).
+
+        Raises:
+            TimeoutError: not produced within ``timeout`` seconds.
+            ProgramError: the program failed.
+        """
+        if not self._wait_var(name, timeout):
             raise TimeoutError(f"timed out waiting for variable {name!r}")
+        if self.error_ is not None:
+            raise self._var_error(name)
         return self.meta_info.get(name)
 
     def text(self) -> str:
-        self.sync()
+        """The text once every submitted expression has run (raises ProgramError on failure)."""
+        self.drain()
+        self.raise_if_failed("text()")
         return self.text_
 
     def messages(self) -> List[Dict[str, Any]]:
-        self.sync()
+        """The chat messages once every submitted expression has run (raises ProgramError on failure)."""
+        self.drain()
+        self.raise_if_failed("messages()")
         return self.messages_
 
     def error(self) -> Optional[BaseException]:
-        self.sync()
+        """The program's exception, or None once its queue has run without one (never
+        raises).  On a streaming state whose body is still running, None means
+        "no failure so far"."""
+        self.drain()
         return self.error_
 
     def snapshot(self) -> "Prompt":
@@ -200,12 +339,16 @@ class StreamExecutor:
         size = int(size)
         if size < 1:
             raise ValueError(f"fork size must be >= 1, got {size}")
+        self.raise_if_failed("fork()")
         if size > 1:
             self.submit(SglCommitLazy())
-        self.sync()
+        self.drain()
+        self.raise_if_failed("fork()")
         children = []
-        for _ in range(size):
-            c = StreamExecutor(self.backend, self.arguments, self.default_sampling_params, self.chat_template, self.stream)
+        n0 = len(self.children)
+        for i in range(size):
+            c = StreamExecutor(self.backend, self.arguments, self.default_sampling_params, self.chat_template, self.stream,
+                               name=f"{self.name}[fork {n0 + i}]")
             c.variables = dict(self.variables)
             c.text_ = self.text_
             c.messages_ = list(self.messages_)
@@ -214,31 +357,42 @@ class StreamExecutor:
             c.images_ = list(self.images_)
             c.fork_start_text_pos = len(self.text_)
             children.append(c)
-        self.children.extend(children)
+        with self._cond:
+            self.children.extend(children)
+            err = self.error_
+        if err is not None:  # failed (from another thread) while forking
+            for c in children:
+                c.fail(err)
         return children
 
     # -- worker -------------------------------------------------------------------------
     def _worker_loop(self) -> None:
-        while True:
-            expr = self.queue.get()
-            if expr is _STOP:
-                self.queue.task_done()
-                break
-            if self.error_ is None:
+        try:
+            while True:
+                expr = self.queue.get()
                 try:
-                    self._execute(expr)
-                except BaseException as e:  # recorded and surfaced to readers / run()
-                    self.error_ = e
-                    for ev in list(self.variable_event.values()) + list(self.stream_var_event.values()):
-                        ev.set()
-            self.queue.task_done()
+                    if expr is _STOP:
+                        break
+                    if self.error_ is None:
+                        try:
+                            self._execute(expr)
+                        except BaseException as e:  # recorded and surfaced to readers / run()
+                            self.fail(e)
+                finally:
+                    self.queue.task_done()
+                    if self.stream_text_event is not None:
+                        self.stream_text_event.set()
+        except BaseException as e:  # the loop itself broke: never leave readers waiting
+            self.fail(RuntimeError(f"the interpreter thread of program {self.name!r} crashed: "
+                                   f"{type(e).__name__}: {e}"))
+        finally:
+            self.is_finished = True
             if self.stream_text_event is not None:
                 self.stream_text_event.set()
-        self.is_finished = True
-        if self.stream_text_event is not None:
-            self.stream_text_event.set()
-        for ev in self.stream_var_event.values():
-            ev.set()
+            for ev in list(self.stream_var_event.values()):
+                ev.set()
+            with self._cond:
+                self._cond.notify_all()
 
     def _execute(self, expr: SglExpr) -> None:
         if isinstance(expr, str):
@@ -268,7 +422,9 @@ class StreamExecutor:
         elif isinstance(expr, SglConcateAndAppend):
             for state in expr.states:
                 exe = state.stream_executor
-                exe.sync()
+                exe.drain()
+                if exe.error_ is not None:  # the fork failed: so does this program
+                    raise exe.program_error("the text")
                 self.text_ += exe.text_[exe.fork_start_text_pos:]
         else:
             raise TypeError(f"unknown expression type {type(expr).__name__}")
@@ -283,10 +439,11 @@ class StreamExecutor:
             self.stream_var_event[name].set()
 
     def _producer_done(self, name: str) -> None:
-        with self._var_lock:
+        with self._cond:
             self._pending[name] -= 1
             if self._pending[name] == 0:
                 self.variable_event[name].set()
+                self._cond.notify_all()
 
     def _execute_gen(self, expr: SglGen) -> None:
         params = self.default_sampling_params.merged(expr.sampling_params, extra_stop=self.chat_template.stop_str)
@@ -300,13 +457,21 @@ class StreamExecutor:
         if name is not None:
             self.variables[name] = ""
         meta = None
-        for delta, meta in self.backend.generate_stream(prompt, params):
-            self.text_ += delta
-            if name is not None:
-                self.variables[name] += delta
-                self.meta_info[name] = meta
-                self.stream_var_event[name].set()
-            self.stream_text_event.set()
+        pieces = self.backend.generate_stream(prompt, params)
+        try:
+            for delta, meta in pieces:
+                if self.error_ is not None:  # the program failed meanwhile: stop generating
+                    return
+                self.text_ += delta
+                if name is not None:
+                    self.variables[name] += delta
+                    self.meta_info[name] = meta
+                    self.stream_var_event[name].set()
+                self.stream_text_event.set()
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
         if name is not None:
             self._set_var(name, self.variables[name], meta)
 

@@ -1,4 +1,17 @@
-"""Running programs: one at a time (optionally streaming) or a batch on a thread pool."""
+"""Running programs: one at a time (optionally streaming) or a batch on a thread pool.
+
+What a failing program does (its body raises, or a model call fails):
+
+* ``run()`` raises the program's exception once the program has stopped
+  (as SGLang does for the body's exceptions); nothing is left waiting.
+* ``run(stream=True)`` returns the state at once; the failure surfaces on
+  the state: ``text_iter()`` raises the exception after the pieces produced
+  before it, every value read raises ``ProgramError`` chained to it, and
+  ``error()`` returns it.
+* ``run_batch()`` returns every state; the other programs finish normally,
+  the failed one's ``error()`` holds the exception and every read of it
+  raises ``ProgramError``; a ``RuntimeWarning`` names each failed item.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Sequence, Union
 
 from sgl.lang.global_config import resolve_backend
-from sgl.lang.interpreter import StreamExecutor
+from sgl.lang.interpreter import ProgramError, StreamExecutor
 from sgl.lang.ir import SglSamplingParams
 from sgl.lang.state import ProgramState
 
@@ -19,17 +32,20 @@ def _run_body(state: ProgramState, program, args: Sequence, kwargs: Dict[str, An
     try:
         state.ret_value = program.func(state, *args, **kwargs)
     except BaseException as e:
-        if exe.error_ is None:
-            exe.error_ = e
+        exe.fail(e)  # wakes every reader (keeps an earlier error from the worker)
         raise
     finally:
         exe.end()
 
 
+def _name(program) -> str:
+    return getattr(program, "__name__", "program")
+
+
 def _start(program, backend, args, kwargs, default_params: SglSamplingParams, stream: bool) -> ProgramState:
     backend = resolve_backend(backend)
     kwargs = {**program.bind_arguments, **kwargs}
-    state = ProgramState(StreamExecutor(backend, kwargs, default_params, stream=stream))
+    state = ProgramState(StreamExecutor(backend, kwargs, default_params, stream=stream, name=_name(program)))
     if stream:
         def target():
             try:
@@ -39,8 +55,19 @@ def _start(program, backend, args, kwargs, default_params: SglSamplingParams, st
 
         threading.Thread(target=target, name="sgl-program", daemon=True).start()
     else:
-        _run_body(state, program, args, kwargs)
-        state.stream_executor.sync()
+        exe = state.stream_executor
+        own_failure = None
+        try:
+            _run_body(state, program, args, kwargs)
+        except ProgramError as e:
+            if e.error is None or e.error is not exe.error_:
+                raise
+            # A read in the body raised because the program had already failed (a model
+            # call, a fork): run() raises that failure itself, not the read's wrapper.
+            own_failure = exe.error_
+        if own_failure is not None:
+            raise own_failure
+        exe.drain()
     return state
 
 
@@ -49,9 +76,12 @@ def run_program(program, backend, args, kwargs, default_params: SglSamplingParam
 
     Without ``stream`` the call returns when the program has finished and
     raises the program's exception, whether it came from the program body or
-    from a model call.  With ``stream`` the body runs in a background thread
-    and the state is returned at once; errors surface through
-    ``state.error()`` and ``state.text_iter()``.
+    from a model call (when a read in the body raised ``ProgramError``
+    because a model call had failed, the model call's exception is raised).
+    With ``stream`` the body runs in a background thread and the state is
+    returned at once; errors surface through ``state.error()``,
+    ``state.text_iter()`` (the exception itself) and every other read
+    (``ProgramError`` chained to it).
     """
     state = _start(program, backend, args, kwargs, default_params, stream)
     if not stream and state.stream_executor.error_ is not None:
@@ -70,8 +100,9 @@ def run_program_batch(program, backend, batch_kwargs: List[Dict[str, Any]], defa
 
     Returns:
         The states in input order.  A program that fails does not stop the
-        batch: its state's ``error()`` holds the exception, reading its
-        missing variables raises, and a warning names the item.
+        batch: its state's ``error()`` holds the exception, every read of it
+        (variables, text, messages) raises ``ProgramError`` chained to that
+        exception, and a warning names the item.
     """
     backend = resolve_backend(backend)
     if num_threads == "auto":
@@ -88,12 +119,14 @@ def run_program_batch(program, backend, batch_kwargs: List[Dict[str, Any]], defa
 
     def one(kwargs):
         kwargs = {**program.bind_arguments, **kwargs}
-        state = ProgramState(StreamExecutor(backend, kwargs, default_params, stream=False))
+        state = ProgramState(StreamExecutor(backend, kwargs, default_params, stream=False, name=_name(program)))
         try:
             _run_body(state, program, (), kwargs)
+        except KeyboardInterrupt:
+            raise
         except BaseException:
-            pass  # recorded in state.error_
-        state.stream_executor.sync()
+            pass  # recorded in state.error_; reads of this state raise ProgramError
+        state.stream_executor.drain()
         if pbar is not None:
             pbar.update(1)
         return state

@@ -4,6 +4,13 @@ Follows SGLang's user-facing API (python/sglang/lang/interpreter.py):
 ``s += expr``, ``s["var"]``, ``s.text()``, ``s.messages()``,
 ``s.get_meta_info("var")``, ``s.error()``, ``s.fork(n)``, ``with s.user():``,
 ``s.text_iter()`` and ``async for piece in s.text_async_iter()``.
+
+When the program fails, value reads (``s["x"]``, ``text()``, ``messages()``,
+``get_meta_info``, ``sync()``, ``fork()``, ``join()``) raise
+:class:`~sgl.lang.interpreter.ProgramError` chained to the program's
+exception, ``text_iter`` re-raises that exception after the pieces produced
+before it, and ``error()`` returns it; no read waits on a failed program (see
+:mod:`sgl.lang.interpreter`).
 """
 
 from __future__ import annotations
@@ -12,8 +19,11 @@ import asyncio
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
-from sgl.lang.interpreter import StreamExecutor
+from sgl.lang.interpreter import ProgramError, StreamExecutor  # noqa: F401 (re-export)
 from sgl.lang.ir import SglConcateAndAppend, SglExpr, SglExprList, SglRoleBegin, SglRoleEnd, SglVarScopeBegin, SglVarScopeEnd, _as_expr
+
+
+_ITER_POLL_S = 0.5
 
 
 class _Submitted(SglExprList):
@@ -96,6 +106,7 @@ class ProgramState:
         return self.stream_executor.messages()
 
     def sync(self) -> None:
+        """Wait for every appended expression; raises ProgramError if the program failed."""
         self.stream_executor.sync()
 
     def error(self) -> Optional[BaseException]:
@@ -122,7 +133,11 @@ class ProgramState:
         return name in self.stream_executor.variables
 
     def __repr__(self) -> str:
-        return f"ProgramState({self.text()!r})"
+        exe = self.stream_executor
+        exe.drain()
+        if exe.error_ is not None:  # repr never raises
+            return f"ProgramState(<failed: {type(exe.error_).__name__}: {exe.error_}>, text={exe.text_!r})"
+        return f"ProgramState({exe.text_!r})"
 
     # -- streaming ---------------------------------------------------------------------
     def _raise_if_failed(self):
@@ -135,25 +150,32 @@ class ProgramState:
 
         The pieces concatenate to ``self.text()`` (or ``self[var_name]``).  On
         a non-streaming state, yields the final value once.  If the program
-        fails, the error is raised after the pieces produced before it.
+        fails, the pieces produced before the failure are yielded and then the
+        program's own exception is raised; the iterator stops as soon as the
+        failure happens, not when the program body returns.
         """
         exe = self.stream_executor
         if not exe.stream:
+            exe.drain()
+            self._raise_if_failed()
             yield self.text() if var_name is None else self.get_var(var_name)
             return
         prev = 0
+        # Read first, then wait: a second iterator (or one started after the end)
+        # must not wait for a signal that was already consumed; the timed wait is a
+        # safety net for several concurrent iterators clearing the same event.
         if var_name is None:
             event = exe.stream_text_event
             while True:
-                event.wait()
-                event.clear()
-                finished = exe.is_finished
+                finished = exe.is_finished or exe.error_ is not None
                 out = exe.text_[prev:]
                 prev += len(out)
                 if out:
                     yield out
                 if finished:
                     break
+                event.wait(_ITER_POLL_S)
+                event.clear()
             self._raise_if_failed()
             return
         event = self._wait_var_event(var_name)
@@ -161,21 +183,21 @@ class ProgramState:
             self._raise_if_failed()
             return
         while True:
-            event.wait()
-            event.clear()
-            done = exe.variable_event[var_name].is_set() or exe.is_finished
+            done = exe.variable_event[var_name].is_set() or exe.is_finished or exe.error_ is not None
             out = str(exe.variables.get(var_name, ""))[prev:]
             prev += len(out)
             if out:
                 yield out
             if done:
                 break
+            event.wait(_ITER_POLL_S)
+            event.clear()
         self._raise_if_failed()
 
     def _wait_var_event(self, var_name: str):
         exe = self.stream_executor
         while var_name not in exe.stream_var_event:
-            if exe.is_finished:
+            if exe.is_finished or exe.error_ is not None:
                 return None
             exe.stream_text_event.wait(0.05)
         return exe.stream_var_event[var_name]
@@ -234,6 +256,7 @@ class ProgramStateGroup:
 
         Raises:
             ValueError: unknown mode.
+            ProgramError: a fork (or the source) failed; chained to its exception.
         """
         src = self.src_state.stream_executor
         if mode == "gather_variable":
@@ -253,4 +276,4 @@ class ProgramStateGroup:
             child.stream_executor.end()
 
 
-__all__ = ["ProgramState", "ProgramStateGroup"]
+__all__ = ["ProgramError", "ProgramState", "ProgramStateGroup"]
