@@ -143,9 +143,9 @@ def test_failed_step_aborts_batch_and_engine_recovers(chat_prompts):
         real = e.runner.forward
         calls = {"n": 0}
 
-        def flaky(batch):
+        def flaky(batch):  # the third decode step fails
             calls["n"] += batch.forward_mode.is_decode()
-            if calls["n"] == 3:
+            if calls["n"] == 3 and batch.forward_mode.is_decode():
                 raise RuntimeError("injected failure")
             return real(batch)
 

@@ -645,3 +645,26 @@ def test_model_worker_batches_are_picklable_and_carry_no_req():
                 assert x == y, f.name
         assert back.forward_mode is c.mwb.forward_mode
         assert isinstance(back.forward_mode, ForwardMode)
+
+
+def test_failed_extend_aborts_its_requests_instead_of_losing_them():
+    """An extend that raises takes its requests off every queue while it runs: they must still get a
+    final abort (they used to be dropped, and their callers waited forever), and serving goes on."""
+    h = Harness(pool_size=64, cache="radix")
+    real = h.runner.forward
+
+    def failing(batch):
+        raise RuntimeError("injected extend failure")
+
+    h.runner.forward = failing
+    h.submit("a", prompt(5, 1), 3)
+    with pytest.raises(RuntimeError, match="injected extend failure") as err:
+        h.step()
+    h.sched._recover(f"internal error: {err.value}")  # what Scheduler._loop does with a failed step
+    assert h.result("a")["meta_info"]["finish_reason"]["type"] == "abort"
+    assert "injected extend failure" in h.result("a")["meta_info"]["finish_reason"]["message"]
+    h.runner.forward = real
+    h.submit("b", prompt(5, 1), 3)
+    h.run()
+    assert h.result("b")["output_ids"] == reference(prompt(5, 1), 3)
+    h.assert_idle_and_clean()

@@ -66,6 +66,7 @@ class Scheduler:
         self._inbox: "queue.Queue" = queue.Queue()
         self._stop = threading.Event()
         self._idle_checked = True
+        self._in_flight: List[Req] = []
 
     # ------------------------------------------------------------ thread-safe API
     def add_request(self, req: Req) -> None:
@@ -171,7 +172,9 @@ class Scheduler:
         """Run one extend or decode batch. Returns False when there was nothing to do."""
         batch = self._get_prefill_batch()
         if batch is not None and batch.reqs:
+            self._in_flight = batch.reqs  # off every queue until the step ends: _recover must see them
             self._run_extend(batch)
+            self._in_flight = []
             return True
         if self.running:
             self._run_decode()
@@ -367,9 +370,13 @@ class Scheduler:
         return False
 
     def _recover(self, message: str) -> None:
-        """After a failed step: abort the requests holding KV (waiting ones keep their place), then, as the
+        """After a failed step: abort the requests holding KV (running, pending, and those of the failed extend
+        batch, which are on no queue while it runs; waiting ones keep their place), then, as the
         failed step may have allocated slots nobody tracks, rebuild the pools from scratch."""
-        for r in list(self.running + self.pending):
+        held = self.running + self.pending
+        in_flight = [r for r in self._in_flight if r.finish_reason is None and r not in held]
+        self._in_flight = []
+        for r in held + in_flight:
             r.finish_reason = FinishReason.abort(message)
             try:
                 self.finish(r)
