@@ -23,6 +23,7 @@ from sgl.grammar.base import Grammar, GrammarBackend, JsonSchema, check_one_cons
 from sgl.grammar.fsm import ByteDFA
 from sgl.grammar.json_schema import build_regex_from_schema
 from sgl.grammar.jump_forward import forced_string, hold_back_last_token
+from sgl.grammar.limits import check_schema_depth
 from sgl.grammar.token_index import TokenIndex
 from sgl.grammar.vocab import TokenVocab, get_token_vocab
 
@@ -165,6 +166,8 @@ class BuiltinGrammarBackend(GrammarBackend):
 
     def regex_from_json_schema(self, json_schema: JsonSchema) -> str:
         """The regex used for ``json_schema`` (memoized). Raises ValueError like ``compile``."""
+        if not isinstance(json_schema, (str, bytes)):
+            check_schema_depth(json_schema)  # before json.dumps, which recurses
         key = json_schema if isinstance(json_schema, str) else json.dumps(json_schema, sort_keys=True)
         regex = self._schema_regex.get(key)
         if regex is None:

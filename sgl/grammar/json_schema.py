@@ -21,6 +21,10 @@ Known gaps: ``oneOf`` alternatives are not made mutually exclusive (output
 matching two of them fails ``oneOf`` validation); a ``pattern`` is inserted
 between the quotes as-is, so a pattern that can produce ``"``, ``\\`` or
 control characters can yield invalid JSON; numbers take no bounds.
+
+Limits (:mod:`sgl.grammar.limits`): subschemas nest at most 32 levels (``$ref`` included),
+the schema document at most 128 objects/arrays, the resulting regex has at most 1,000,000
+characters, and integer bounds at most 100 digits; beyond them a ValueError names the limit.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import jsonschema
+
+from sgl.grammar.limits import (MAX_INTEGER_BOUND_DIGITS, MAX_SCHEMA_DEPTH, MAX_SCHEMA_REGEX_CHARS,
+                                check_schema_depth, json_depth_error, schema_depth_error)
 
 WHITESPACE = r"[ ]?"  # Outlines' default: at most one space between tokens
 STRING_INNER = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})'
@@ -74,8 +81,11 @@ def build_regex_from_schema(schema, whitespace_pattern: Optional[str] = None) ->
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise ValueError(f"json_schema is not valid JSON: {e}") from None
+        except RecursionError:  # the C decoder nests far deeper than MAX_JSON_DEPTH before this
+            raise json_depth_error() from None
     if not isinstance(schema, (dict, bool)):
         raise ValueError(f"json_schema must be an object or a boolean, got {type(schema).__name__}")
+    check_schema_depth(schema)  # before jsonschema and the converter, which recurse
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
@@ -86,6 +96,12 @@ def build_regex_from_schema(schema, whitespace_pattern: Optional[str] = None) ->
     except re.error as e:
         raise ValueError(f"invalid whitespace_pattern {ws!r}: {e}") from None
     return _Converter(schema, ws).convert(schema, "#", ())
+
+
+def _check_size(regex_len: int, where: str) -> None:
+    if regex_len > MAX_SCHEMA_REGEX_CHARS:
+        raise ValueError(f"json_schema is too large: its regex exceeds {MAX_SCHEMA_REGEX_CHARS} characters "
+                         f"(at {where}; nested optional properties and arrays multiply its size)")
 
 
 def _where(path) -> str:
@@ -146,6 +162,7 @@ class _Converter:
     def __init__(self, root, ws: str):
         self.root = root
         self.ws = ws
+        self.depth = -1  # nesting level of the subschema being converted (root = 0)
 
     def fail(self, where: str, what: str):
         return ValueError(f"unsupported JSON schema {what} at {where}")
@@ -164,6 +181,26 @@ class _Converter:
         return node
 
     def convert(self, s, where: str, refs: Tuple[str, ...]) -> str:
+        self.depth += 1
+        try:
+            if self.depth > MAX_SCHEMA_DEPTH:
+                raise schema_depth_error(self.depth)
+            out = self._convert(s, where, refs)
+        finally:
+            self.depth -= 1
+        _check_size(len(out), where)
+        return out
+
+    def _alternatives(self, parts, where: str) -> str:
+        """``(?:a|b|...)`` of an iterable of regexes, refused as soon as it grows too large."""
+        out, size = [], 0
+        for part in parts:
+            size += len(part) + 1
+            _check_size(size, where)
+            out.append(part)
+        return "(?:" + "|".join(out) + ")"
+
+    def _convert(self, s, where: str, refs: Tuple[str, ...]) -> str:
         if s is True or s == {}:
             return self.generic(GENERIC_DEPTH)
         if s is False:
@@ -184,8 +221,8 @@ class _Converter:
             return self.convert(self.resolve(ref, where), ref, refs + (ref,))
         if "anyOf" in s or "oneOf" in s:
             key = "anyOf" if "anyOf" in s else "oneOf"
-            alts = [self.convert(sub, f"{where}/{key}/{i}", refs) for i, sub in enumerate(s[key])]
-            return "(?:" + "|".join(alts) + ")"
+            return self._alternatives((self.convert(sub, f"{where}/{key}/{i}", refs)
+                                       for i, sub in enumerate(s[key])), where)
         if "allOf" in s:
             if len(s["allOf"]) != 1:
                 raise self.fail(where, "allOf with more than one subschema")
@@ -193,7 +230,7 @@ class _Converter:
         if "const" in s:
             return self.literal(s["const"])
         if "enum" in s:
-            return "(?:" + "|".join(self.literal(v) for v in s["enum"]) + ")"
+            return self._alternatives((self.literal(v) for v in s["enum"]), where)
         types = s.get("type")
         if types is None:
             if "properties" in s or "additionalProperties" in s or "required" in s:
@@ -207,7 +244,7 @@ class _Converter:
             else:
                 return self.generic(GENERIC_DEPTH)
         if isinstance(types, list):
-            return "(?:" + "|".join(self.typed(t, s, where, refs) for t in types) + ")"
+            return self._alternatives((self.typed(t, s, where, refs) for t in types), where)
         return self.typed(types, s, where, refs)
 
     def literal(self, value) -> str:
@@ -265,6 +302,10 @@ class _Converter:
             hi = min(hi if hi is not None else math.inf, math.ceil(ex_hi) - 1)
         if lo is None and hi is None:
             return INTEGER
+        for bound in (lo, hi):
+            if bound is not None and abs(bound) >= 10 ** MAX_INTEGER_BOUND_DIGITS:
+                raise ValueError(f"JSON schema at {where}: integer bounds may have at most "
+                                 f"{MAX_INTEGER_BOUND_DIGITS} digits")
         try:
             return integer_range_regex(lo, hi)
         except ValueError as e:
@@ -290,13 +331,15 @@ class _Converter:
             value = self.convert(sub, f"{where}/properties/{name}", refs)
             items.append((f"{self.literal(name)}{ws}:{ws}{value}", name in required))
         first_required = next((i for i, (_, r) in enumerate(items) if r), len(items))
-        alts = []
-        for i in range(min(first_required, len(items) - 1) + 1):
-            body = items[i][0]
-            for pat, req in items[i + 1:]:
-                body += f"{sep}{pat}" if req else f"(?:{sep}{pat})?"
-            alts.append(body)
-        body = "(?:" + "|".join(alts) + ")"
+        def alts():
+            for i in range(min(first_required, len(items) - 1) + 1):
+                parts, size = [items[i][0]], len(items[i][0])
+                for pat, req in items[i + 1:]:
+                    parts.append(f"{sep}{pat}" if req else f"(?:{sep}{pat})?")
+                    size += len(parts[-1])
+                    _check_size(size, where)
+                yield "".join(parts)
+        body = self._alternatives(alts(), where)
         if first_required == len(items):
             body += "?"
         return open_ + body + close

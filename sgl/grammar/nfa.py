@@ -23,6 +23,8 @@ import re
 from collections import deque
 from typing import List, Sequence, Tuple
 
+from sgl.grammar.limits import MAX_REGEX_DEPTH, check_regex_depth
+
 try:  # Python >= 3.11
     from re import _constants as C
     from re import _parser as sre_parse
@@ -280,16 +282,19 @@ def build_nfa(regex: str) -> NFA:
         raise ValueError(f"regex must be a str, got {type(regex).__name__}")
     if regex == "":
         raise ValueError("regex is empty")
+    check_regex_depth(regex)  # Python's parser and our builder recurse once per group level
     try:
         parsed = sre_parse.parse(regex)
-    except (re.error, OverflowError, RecursionError) as e:
+    except RecursionError:
+        raise ValueError(f"regex nesting depth exceeds {MAX_REGEX_DEPTH}") from None
+    except (re.error, OverflowError) as e:
         raise ValueError(f"invalid regex {regex!r}: {e}") from None
     b = _Builder(regex)
     with gc_paused():
         try:
             s, e = b.seq(list(parsed), parsed.state.flags, True, True)
         except RecursionError:
-            raise ValueError(f"regex {regex!r} is nested too deeply") from None
+            raise ValueError(f"regex nesting depth exceeds {MAX_REGEX_DEPTH}") from None
         b.nfa.start, b.nfa.accept = s, e
         b.nfa._compute_live()
     return b.nfa

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 import torch
 
 from sgl.grammar.base import Grammar, GrammarBackend, JsonSchema, check_one_constraint
+from sgl.grammar.limits import check_regex_depth, check_schema_depth, json_depth_error
 
 
 def _import_xgrammar():
@@ -96,8 +97,16 @@ class XGrammarBackend(GrammarBackend):
             if regex is not None:
                 if not isinstance(regex, str) or regex == "":
                     raise ValueError("regex is empty")
+                check_regex_depth(regex)  # the same limits as the builtin backend
                 compiled = self.compiler.compile_regex(regex)
             else:
+                try:
+                    parsed = json.loads(json_schema) if isinstance(json_schema, str) else json_schema
+                except RecursionError:
+                    raise json_depth_error() from None
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"json_schema is not valid JSON: {e}") from None
+                check_schema_depth(parsed)
                 schema = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
                 compiled = self.compiler.compile_json_schema(schema, any_whitespace=self.any_whitespace)
         except ValueError:
